@@ -1,0 +1,3 @@
+from muxplan.cli import main
+
+main()

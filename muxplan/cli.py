@@ -1,0 +1,50 @@
+"""The `muxplan` command: thin typer commands; each group lives in muxplan/commands/, heavy imports are lazy."""
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from muxplan.commands import deploy, models, plan, profile, simulate, solve, workload
+from muxplan.files import InputError
+
+app = typer.Typer(
+    help="Plan, simulate and deploy many LLMs on shared GPUs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(models.app, name="models")
+app.add_typer(workload.app, name="workload")
+app.add_typer(profile.app, name="profile")
+app.add_typer(plan.app, name="plan")
+app.command("solve")(solve.solve)
+app.command("simulate")(simulate.simulate)
+app.command("deploy")(deploy.deploy)
+app.command("status")(deploy.status)
+
+
+@app.command("schema")
+def schema(
+    name: Annotated[str, typer.Argument(help="File type: model-catalog, gpu-catalog, cluster, workload, trace, profile, plan.")],
+) -> None:
+    """Print the JSON Schema of one file type."""
+    import json
+
+    from muxplan.schema import CONTRACTS
+
+    if name not in CONTRACTS:
+        raise InputError(f"unknown schema '{name}'; known: {', '.join(CONTRACTS)}")
+    typer.echo(json.dumps(CONTRACTS[name].model_json_schema(), indent=1))
+
+
+def main() -> None:
+    try:
+        app()
+    except InputError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
