@@ -1,0 +1,76 @@
+"""ADBS, the paper's adaptive batch scheduling (DESIGN.md §3), as a simulator policy.
+
+1. Prefill first, round-robin over models starting after the last one served; a prefill starts only if
+   its job is idle, its SM parts fit and the model's KV quota admits the queue head.
+2. While a prefill waits for SM parts and none is running, no new decode starts (the SMs drain for it).
+3. Otherwise decodes start round-robin; each takes every running sequence (admission kept them within
+   the model's quota and sequence cap).
+4. Quotas start proportional to rate x KV bytes per token. Every ``adapt_period_s`` each model's
+   utilisation u = (time-average KV bytes held while decoding) / quota is measured; models with
+   u >= ``hot_util`` take ``grow`` x their quota in total from models with slack (u < hot_util),
+   each donor giving in proportion to its slack (1 - u) x quota, never below what it holds now.
+"""
+from __future__ import annotations
+
+from planner.sim.layout import UnitSpec
+from planner.sim.policy import Policy, proportional_quotas, register
+from planner.sim.unit import UnitState
+
+
+@register("adbs")
+class Adbs(Policy):
+    adapt_period_s = 8.0
+    hot_util = 0.9
+    grow = 0.1
+
+    def initial_quotas(self, unit: UnitSpec) -> list[int]:
+        return proportional_quotas(unit)
+
+    def schedule(self, unit: UnitState, now: float) -> None:
+        slots, k = unit.slots, len(unit.slots)
+        waiting = False
+        first = unit.rr_prefill + 1
+        for i in range(k):
+            slot = slots[(first + i) % k]
+            if slot.prefill_busy or not slot.queue:
+                continue
+            parts = slot.spec.prefill_parts
+            if unit.sm_used + parts > unit.sm_cap:
+                waiting = True
+                continue
+            if unit.head_fits(slot):
+                unit.start_prefill(slot, now, slot.prefill_sm, parts)
+                unit.rr_prefill = slot.spec.index
+        if waiting and unit.num_prefills == 0:
+            return
+        first = unit.rr_decode + 1
+        for i in range(k):
+            slot = slots[(first + i) % k]
+            if slot.decode_busy or not (slot.running or slot.pending):
+                continue
+            parts = slot.spec.decode_parts
+            if unit.sm_used + parts <= unit.sm_cap and unit.start_decode(slot, now, slot.decode_sm, parts):
+                unit.rr_decode = slot.spec.index
+
+    def adapt(self, unit: UnitState, now: float) -> None:
+        period = self.adapt_period_s
+        utils = [s.kv_area / (s.quota_bytes * period) if s.quota_bytes else 1.0 for s in unit.slots]
+        for s in unit.slots:
+            s.kv_area = 0.0
+        hot = [s for s, u in zip(unit.slots, utils) if u >= self.hot_util]
+        donors = [(s, (1.0 - u) * s.quota_bytes) for s, u in zip(unit.slots, utils) if u < self.hot_util]
+        slack = sum(w for _, w in donors)
+        if not hot or slack <= 0:
+            return
+        want = self.grow * sum(s.quota_bytes for s in hot)
+        given = 0
+        for donor, weight in donors:
+            give = min(int(want * weight / slack), donor.quota_bytes - donor.blocks * donor.bb)
+            if give > 0:
+                donor.quota_bytes -= give
+                given += give
+        hot_total = sum(s.quota_bytes for s in hot)
+        shares = [int(given * s.quota_bytes / hot_total) for s in hot]
+        shares[-1] += given - sum(shares)
+        for s, share in zip(hot, shares):
+            s.quota_bytes += share

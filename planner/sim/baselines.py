@@ -1,0 +1,84 @@
+"""Baseline policies: FCFS and round-robin (the paper's ablation), temporal and spatial multiplexing.
+
+- ``fcfs``: jobs start in order of their model's oldest outstanding request; one shared KV pool; SMs
+  overbooked like ADBS; no prefill priority and no quota adaptation.
+- ``round-robin``: one round-robin over models, each taking its prefill then its decode if they fit;
+  static quotas proportional to rate x KV bytes per token.
+- ``temporal``: one job per unit at a time on all SMs; the model with the oldest outstanding request goes
+  next (its prefill if it has queued prompts, else a decode step); one shared KV pool.
+- ``spatial``: ``temporal`` on a plan that gives every model its own GPUs (vLLM-like: prefill first).
+"""
+from __future__ import annotations
+
+from muxplan.files import InputError
+from planner.sim.layout import Layout, UnitSpec
+from planner.sim.policy import FULL_PARTS, Policy, proportional_quotas, register
+from planner.sim.unit import UnitState
+
+
+@register("fcfs")
+class Fcfs(Policy):
+    def schedule(self, unit: UnitState, now: float) -> None:
+        book = unit.book
+        jobs = []
+        for slot in unit.slots:
+            if not slot.prefill_busy and slot.queue:
+                jobs.append((book.arrival_s[slot.queue[0]], 0, slot))
+            if not slot.decode_busy and (slot.running or slot.pending):
+                jobs.append((slot.oldest_arrival(book), 1, slot))
+        jobs.sort(key=lambda job: (job[0], job[1], job[2].spec.index))
+        for _, kind, slot in jobs:
+            if kind == 0:
+                parts = slot.spec.prefill_parts
+                if unit.sm_used + parts <= unit.sm_cap and unit.head_fits(slot):
+                    unit.start_prefill(slot, now, slot.prefill_sm, parts)
+            else:
+                parts = slot.spec.decode_parts
+                if unit.sm_used + parts <= unit.sm_cap:
+                    unit.start_decode(slot, now, slot.decode_sm, parts)
+
+
+@register("round-robin")
+class RoundRobin(Policy):
+    def initial_quotas(self, unit: UnitSpec) -> list[int]:
+        return proportional_quotas(unit)
+
+    def schedule(self, unit: UnitState, now: float) -> None:
+        slots, k = unit.slots, len(unit.slots)
+        first = unit.rr_prefill + 1
+        for i in range(k):
+            slot = slots[(first + i) % k]
+            served = False
+            if not slot.prefill_busy and slot.queue and unit.sm_used + slot.spec.prefill_parts <= unit.sm_cap and unit.head_fits(slot):
+                unit.start_prefill(slot, now, slot.prefill_sm, slot.spec.prefill_parts)
+                served = True
+            if not slot.decode_busy and (slot.running or slot.pending) and unit.sm_used + slot.spec.decode_parts <= unit.sm_cap:
+                served = unit.start_decode(slot, now, slot.decode_sm, slot.spec.decode_parts) or served
+            if served:
+                unit.rr_prefill = slot.spec.index
+
+
+@register("temporal")
+class Temporal(Policy):
+    sm_cap_parts = FULL_PARTS
+
+    def schedule(self, unit: UnitState, now: float) -> None:
+        if unit.num_jobs:
+            return
+        book = unit.book
+        order = sorted(unit.slots, key=lambda s: (s.oldest_arrival(book), s.spec.index))
+        for slot in order:
+            if slot.queue and unit.head_fits(slot):
+                unit.start_prefill(slot, now, 100, FULL_PARTS)
+                return
+            if (slot.running or slot.pending) and unit.start_decode(slot, now, 100, FULL_PARTS):
+                return
+
+
+@register("spatial")
+class Spatial(Temporal):
+    def check(self, layout: Layout) -> None:
+        for u, unit in enumerate(layout.units):
+            if len(unit.slots) != 1:
+                names = ", ".join(s.name for s in unit.slots)
+                raise InputError(f"plan: units[{u}].models: spatial needs one model per unit, got {names}")

@@ -1,0 +1,134 @@
+"""The static shape of a simulation: which unit hosts which model with what SMs, KV and latency tables.
+
+Checks a plan against the workload (every placed model must exist there) and routes every request to a
+unit hosting its model, by routing share for replicated models (a seeded draw, so runs are repeatable).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from muxplan.catalog import get_gpu, get_model
+from muxplan.files import InputError
+from muxplan.schema import GpuSpec, ModelSpec, Plan, Workload
+from planner.sim.trace import RequestTable
+from profiler.cost_model import CostModel
+from profiler.memory import kv_bytes_per_token_per_gpu
+
+SM_PART_PCT = 10  # the paper's runtime counts SMs in 10% parts
+BLOCK_TOKENS = 16  # tokens per KV block
+
+
+@dataclass
+class SlotSpec:
+    """One model on one unit, with memoised latencies (the cost model is the slow part of a step)."""
+
+    unit: int
+    index: int
+    name: str
+    model_idx: int
+    spec: ModelSpec
+    gpu: GpuSpec
+    tp: int
+    prefill_sm_pct: int
+    decode_sm_pct: int
+    max_num_seqs: int
+    kv_bytes: int
+    block_bytes: int
+    rate_rps: float
+    cost: CostModel
+    _prefill_memo: dict = field(default_factory=dict, repr=False)
+    _decode_memo: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def prefill_parts(self) -> int:
+        return math.ceil(self.prefill_sm_pct / SM_PART_PCT)
+
+    @property
+    def decode_parts(self) -> int:
+        return math.ceil(self.decode_sm_pct / SM_PART_PCT)
+
+    def prefill_s(self, sm_pct: int, batch: int, tokens: int) -> float:
+        key = (sm_pct, batch, tokens)
+        value = self._prefill_memo.get(key)
+        if value is None:
+            value = self._prefill_memo[key] = self.cost.prefill_ms(self.spec, self.gpu, self.tp, sm_pct, batch, tokens) / 1e3
+        return value
+
+    def decode_s(self, sm_pct: int, batch: int, context_tokens: int) -> float:
+        key = (sm_pct, batch, context_tokens)
+        value = self._decode_memo.get(key)
+        if value is None:
+            value = self._decode_memo[key] = self.cost.decode_ms(self.spec, self.gpu, self.tp, sm_pct, batch, context_tokens) / 1e3
+        return value
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    id: int
+    node: int
+    gpu: GpuSpec
+    num_gpus: int
+    slots: tuple[SlotSpec, ...]
+
+    @property
+    def pool_bytes(self) -> int:
+        return sum(s.kv_bytes for s in self.slots)
+
+
+@dataclass(frozen=True)
+class Layout:
+    units: tuple[UnitSpec, ...]
+    replicas: dict[int, list[tuple[int, int, float]]]  # model idx -> [(unit pos, slot idx, share)]
+
+
+def build_layout(plan: Plan, workload: Workload, cost: CostModel, block_tokens: int = BLOCK_TOKENS) -> Layout:
+    """Resolve every placed model against the workload and the catalogs; bad references raise InputError."""
+    index = {m.name: i for i, m in enumerate(workload.models)}
+    units: list[UnitSpec] = []
+    replicas: dict[int, list[tuple[int, int, float]]] = {}
+    for u, unit in enumerate(plan.units):
+        gpu = get_gpu(unit.gpu, plan.cluster.gpus)
+        slots = []
+        for j, placed in enumerate(unit.models):
+            where = f"plan: units[{u}].models[{j}]"
+            if placed.name not in index:
+                raise InputError(f"{where}.name: '{placed.name}' is not a model of workload '{workload.name}'")
+            if placed.tp != len(unit.gpu_ids):
+                raise InputError(f"{where}.tp: {placed.tp} differs from the unit's {len(unit.gpu_ids)} GPUs")
+            if placed.kv_bytes <= 0:
+                raise InputError(f"{where}.kv_bytes: must be > 0 to serve requests")
+            try:
+                spec = get_model(placed.model)
+            except InputError as exc:
+                raise InputError(f"{where}.model: {exc}") from None
+            block_bytes = block_tokens * kv_bytes_per_token_per_gpu(spec, placed.tp)
+            slots.append(SlotSpec(
+                unit=u, index=j, name=placed.name, model_idx=index[placed.name], spec=spec, gpu=gpu, tp=placed.tp,
+                prefill_sm_pct=placed.prefill_sm_pct, decode_sm_pct=placed.decode_sm_pct,
+                max_num_seqs=placed.max_num_seqs, kv_bytes=placed.kv_bytes, block_bytes=block_bytes,
+                rate_rps=placed.rate_rps, cost=cost,
+            ))
+            replicas.setdefault(index[placed.name], []).append((u, j, placed.routing_share))
+        units.append(UnitSpec(id=unit.id, node=unit.node, gpu=gpu, num_gpus=len(unit.gpu_ids), slots=tuple(slots)))
+    return Layout(units=tuple(units), replicas=replicas)
+
+
+def route_requests(layout: Layout, table: RequestTable, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(unit position, slot index) per request; -1 where no unit hosts the model. Shares are renormalised."""
+    unit = np.full(table.num_requests, -1, dtype=np.int64)
+    slot = np.full(table.num_requests, -1, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for model_idx in sorted(layout.replicas):
+        where = np.flatnonzero(table.model == model_idx)
+        places = layout.replicas[model_idx]
+        if len(places) == 1:
+            pick = np.zeros(where.size, dtype=np.int64)
+        else:
+            shares = np.array([p[2] for p in places], dtype=np.float64)
+            pick = rng.choice(len(places), size=where.size, p=shares / shares.sum())
+        unit[where] = np.array([p[0] for p in places])[pick]
+        slot[where] = np.array([p[1] for p in places])[pick]
+    return unit, slot
