@@ -1,12 +1,19 @@
 """Rich tables for the foundation's contracts (catalog entries, clusters)."""
 from __future__ import annotations
 
+from rich.console import Console
 from rich.table import Table
 
 from muxplan.catalog import kv_bytes_per_token, num_params, weight_bytes
 from muxplan.schema import GpuSpec, ModelSpec
 
 GIB = 2**30
+
+
+def console() -> Console:
+    """A console that does not squeeze tables to 80 columns when output is a file or a CI log."""
+    out = Console()
+    return out if out.is_terminal else Console(width=160)
 
 
 def models_table(models: list[ModelSpec]) -> Table:
@@ -45,4 +52,18 @@ def gpus_table(gpus: list[GpuSpec]) -> Table:
             g.name, f"{g.memory_bytes / GIB:.0f}", str(g.num_sms), f"{g.peak_bf16_flops / 1e12:.0f}",
             f"{g.hbm_bytes_per_s / 1e9:.0f}", f"{g.link_bytes_per_s / 1e9:.0f}",
         )
+    return table
+
+
+def workload_table(title: str, rows: list) -> Table:
+    """Per-model summary rows (muxplan.workload.ModelSummary) plus a total line."""
+    table = Table(title=title)
+    for col in ("model", "requests", "rate req/s", "prompt mean", "p50", "p99", "output mean", "p50 ", "p99 ", "arrival CV"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        table.add_row(
+            r.name, str(r.num_requests), f"{r.rate_rps:.3f}", f"{r.prompt_mean:.0f}", f"{r.prompt_p50:.0f}",
+            f"{r.prompt_p99:.0f}", f"{r.output_mean:.0f}", f"{r.output_p50:.0f}", f"{r.output_p99:.0f}", f"{r.arrival_cv:.2f}",
+        )
+    table.add_row("total", str(sum(r.num_requests for r in rows)), f"{sum(r.rate_rps for r in rows):.3f}", style="bold")
     return table

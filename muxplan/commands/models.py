@@ -13,13 +13,11 @@ def list_models(
     gpus: Annotated[bool, typer.Option("--gpus", help="List GPUs instead of models.")] = False,
 ) -> None:
     """List catalog models (or GPUs) with their derived sizes."""
-    from rich.console import Console
-
     from muxplan.catalog import gpu_catalog, model_catalog
-    from muxplan.render import gpus_table, models_table
+    from muxplan.render import console, gpus_table, models_table
 
     table = gpus_table(list(gpu_catalog().values())) if gpus else models_table(list(model_catalog().values()))
-    Console().print(table)
+    console().print(table)
 
 
 @app.command("show")
@@ -27,12 +25,10 @@ def show(
     name: Annotated[str, typer.Argument(help="Catalog model or GPU name, or a path to a config.json.")],
 ) -> None:
     """Show one model's architecture and derived numbers (or one GPU's datasheet)."""
-    from rich.console import Console
-
     from muxplan.catalog import get_model, gpu_catalog
-    from muxplan.render import gpus_table, model_detail_table
+    from muxplan.render import console, gpus_table, model_detail_table
 
     if name in gpu_catalog():
-        Console().print(gpus_table([gpu_catalog()[name]]))
+        console().print(gpus_table([gpu_catalog()[name]]))
     else:
-        Console().print(model_detail_table(get_model(name)))
+        console().print(model_detail_table(get_model(name)))
