@@ -6,9 +6,10 @@
 3. Otherwise decodes start round-robin; each takes every running sequence (admission kept them within
    the model's quota and sequence cap).
 4. Quotas start proportional to rate x KV bytes per token. Every ``adapt_period_s`` each model's
-   utilisation u = (time-average KV bytes held while decoding) / quota is measured; models with
+   utilisation u = (time-average KV bytes held over the period) / quota is measured; models with
    u >= ``hot_util`` take ``grow`` x their quota in total from models with slack (u < hot_util),
-   each donor giving in proportion to its slack (1 - u) x quota, never below what it holds now.
+   each donor giving in proportion to its slack (1 - u) x quota, never below what it holds now nor
+   below ``floor`` x its initial quota (a cold model must keep room for a long request).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class Adbs(Policy):
     adapt_period_s = 8.0
     hot_util = 0.9
     grow = 0.1
+    floor = 0.25
 
     def initial_quotas(self, unit: UnitSpec) -> list[int]:
         return proportional_quotas(unit)
@@ -54,7 +56,9 @@ class Adbs(Policy):
 
     def adapt(self, unit: UnitState, now: float) -> None:
         period = self.adapt_period_s
-        utils = [s.kv_area / (s.quota_bytes * period) if s.quota_bytes else 1.0 for s in unit.slots]
+        for s in unit.slots:
+            unit.touch_kv(s, now)
+        utils = [s.kv_area * s.bb / (s.quota_bytes * period) if s.quota_bytes else 1.0 for s in unit.slots]
         for s in unit.slots:
             s.kv_area = 0.0
         hot = [s for s, u in zip(unit.slots, utils) if u >= self.hot_util]
@@ -65,7 +69,8 @@ class Adbs(Policy):
         want = self.grow * sum(s.quota_bytes for s in hot)
         given = 0
         for donor, weight in donors:
-            give = min(int(want * weight / slack), donor.quota_bytes - donor.blocks * donor.bb)
+            keep = max(donor.blocks * donor.bb, int(self.floor * donor.initial_quota_bytes))
+            give = min(int(want * weight / slack), donor.quota_bytes - keep)
             if give > 0:
                 donor.quota_bytes -= give
                 given += give

@@ -34,11 +34,9 @@ def workload_rows(workload: Workload) -> list[TraceRow]:
     """The workload's materialised requests, or requests drawn from its specs (deterministic in its seed)."""
     if workload.requests is not None:
         return list(workload.requests)
-    try:
-        from muxplan.workload import materialize_requests  # type: ignore[attr-defined]
-    except ImportError:
-        raise InputError(f"workload '{workload.name}': requests: none materialised; pass a trace or a workload with requests") from None
-    return list(materialize_requests(workload))
+    from muxplan.workload import materialise_requests
+
+    return materialise_requests(workload)
 
 
 def build_request_table(workload: Workload, rows: list[TraceRow] | None = None) -> RequestTable:

@@ -52,10 +52,12 @@ class SlotState:
         self.ctx_sum = 0
         self.blocks = 0
         self.quota_bytes = quota_bytes
+        self.initial_quota_bytes = quota_bytes
         self.prefill_busy = False
         self.decode_busy = False
         self.decode_n = 0
-        self.kv_area = 0.0  # block-bytes x seconds of decode, for utilisation
+        self.kv_area = 0.0  # block-seconds held since the last quota adaptation
+        self.kv_t = 0.0
         self.prefill_sm = spec.prefill_sm_pct
         self.decode_sm = spec.decode_sm_pct
 
@@ -111,6 +113,11 @@ class UnitState:
                     and self.used_bytes + need <= self.pool_bytes)
         return False
 
+    def touch_kv(self, slot: SlotState, now: float) -> None:
+        """Accumulate the slot's KV holding over time (called before every change of its blocks)."""
+        slot.kv_area += slot.blocks * (now - slot.kv_t)
+        slot.kv_t = now
+
     def _set_sm(self, now: float, delta: int) -> None:
         self.sm_area += self.sm_used * (now - self.sm_t)
         self.sm_t = now
@@ -120,6 +127,7 @@ class UnitState:
     def start_prefill(self, slot: SlotState, now: float, sm_pct: int, parts: int) -> None:
         """Batch queued prompts (up to the token budget, the seat cap and the KV quota) into one pass."""
         book, batch, tokens = self.book, [], 0
+        self.touch_kv(slot, now)
         while slot.queue and self.head_fits(slot):
             req = slot.queue[0]
             ctx = book.prompt[req] + book.generated[req]
@@ -147,6 +155,7 @@ class UnitState:
 
     def finish_prefill(self, slot: SlotState, now: float) -> None:
         book = self.book
+        self.touch_kv(slot, now)
         for req in slot.in_prefill:
             book.generated[req] += 1
             if book.first_token_s[req] != book.first_token_s[req]:  # NaN: first time
@@ -171,6 +180,7 @@ class UnitState:
     def start_decode(self, slot: SlotState, now: float, sm_pct: int, parts: int) -> bool:
         """Run one step of every running sequence; preempt the newest while the step's new blocks do not fit."""
         book, step, bt = self.book, slot.step, BLOCK_TOKENS
+        self.touch_kv(slot, now)
         for req in slot.pending:
             ctx0 = book.prompt[req] + book.generated[req] - 1
             slot.running[req] = (step, ctx0)
@@ -190,7 +200,6 @@ class UnitState:
         slot.decode_busy = True
         slot.decode_n = n
         slot.decode_parts_used = parts
-        slot.kv_area += slot.blocks * slot.bb * latency
         self.num_jobs += 1
         self.num_decode_steps += 1
         self._set_sm(now, parts)
@@ -219,6 +228,7 @@ class UnitState:
 
     def finish_decode(self, slot: SlotState, now: float) -> None:
         book, bt = self.book, BLOCK_TOKENS
+        self.touch_kv(slot, now)
         slot.ctx_sum += len(slot.running)
         slot.step += 1
         step = slot.step
