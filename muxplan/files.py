@@ -10,9 +10,9 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from muxplan.schema import Contract, Trace, TraceRow
+from muxplan.schema import Trace, TraceRow
 
-C = TypeVar("C", bound=Contract)
+C = TypeVar("C", bound=BaseModel)
 
 TRACE_COLUMNS = ("arrival_s", "model", "prompt_tokens", "output_tokens")
 
