@@ -1,7 +1,8 @@
 """Baseline policies: FCFS and round-robin (the paper's ablation), temporal and spatial multiplexing.
 
-- ``fcfs``: jobs start in order of their model's oldest outstanding request; one shared KV pool; SMs
-  overbooked like ADBS; no prefill priority and no quota adaptation.
+- ``fcfs``: prefills start in arrival order of the models' queue heads, then decodes in order of each
+  model's oldest running request; one shared KV pool (first come, first served); SMs overbooked like
+  ADBS; no round-robin, no holding decodes back for a waiting prefill, no quota adaptation.
 - ``round-robin``: one round-robin over models, each taking its prefill then its decode if they fit;
   static quotas proportional to rate x KV bytes per token.
 - ``temporal``: one job per unit at a time on all SMs; the model with the oldest outstanding request goes
@@ -26,7 +27,7 @@ class Fcfs(Policy):
                 jobs.append((book.arrival_s[slot.queue[0]], 0, slot))
             if not slot.decode_busy and (slot.running or slot.pending):
                 jobs.append((slot.oldest_arrival(book), 1, slot))
-        jobs.sort(key=lambda job: (job[0], job[1], job[2].spec.index))
+        jobs.sort(key=lambda job: (job[1], job[0], job[2].spec.index))
         for _, kind, slot in jobs:
             if kind == 0:
                 parts = slot.spec.prefill_parts
