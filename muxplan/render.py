@@ -55,15 +55,22 @@ def gpus_table(gpus: list[GpuSpec]) -> Table:
     return table
 
 
-def workload_table(title: str, rows: list) -> Table:
-    """Per-model summary rows (muxplan.workload.ModelSummary) plus a total line."""
+def _num(value: float, fmt: str) -> str:
+    return "-" if value != value else format(value, fmt)  # NaN (no requests) prints as '-'
+
+
+def workload_table(title: str, summary) -> Table:
+    """Per-model rows of a muxplan.summary.WorkloadSummary plus a bold total line."""
     table = Table(title=title)
-    for col in ("model", "requests", "rate req/s", "prompt mean", "p50", "p99", "output mean", "p50 ", "p99 ", "arrival CV"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for r in rows:
+    columns = ("model", "catalog", "spec req/s", "requests", "req/s", "prompt mean", "p50", "p99",
+               "output mean", "p50 ", "p99 ", "arrival CV")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("model", "catalog") else "right")
+    for r in [*summary.models, summary.total]:
         table.add_row(
-            r.name, str(r.num_requests), f"{r.rate_rps:.3f}", f"{r.prompt_mean:.0f}", f"{r.prompt_p50:.0f}",
-            f"{r.prompt_p99:.0f}", f"{r.output_mean:.0f}", f"{r.output_p50:.0f}", f"{r.output_p99:.0f}", f"{r.arrival_cv:.2f}",
+            r.name, r.model, f"{r.spec_rate_rps:.3f}", str(r.num_requests), f"{r.rate_rps:.3f}",
+            _num(r.prompt_mean, ".1f"), _num(r.prompt_p50, ".0f"), _num(r.prompt_p99, ".0f"),
+            _num(r.output_mean, ".1f"), _num(r.output_p50, ".0f"), _num(r.output_p99, ".0f"), _num(r.arrival_cv, ".2f"),
+            style="bold" if r is summary.total else None, end_section=r is summary.models[-1],
         )
-    table.add_row("total", str(sum(r.num_requests for r in rows)), f"{sum(r.rate_rps for r in rows):.3f}", style="bold")
     return table

@@ -1,16 +1,18 @@
-"""Workloads: synthetic multi-model workloads, trace import, request materialisation and summaries.
+"""Workloads: synthetic multi-model workloads, request materialisation, and the shared loader.
 
 Popularity follows a power law: the model of popularity rank k (0 = hottest) gets a rate
 proportional to (k+1)^-alpha. With ``order="size"`` (the paper's setting) ranks go to models in
-increasing size, so the largest model is the least popular; ``shuffled`` permutes them with the
-seed; ``explicit`` takes the order given. Everything is deterministic under ``seed``.
+increasing parameter count (ties by position), so the largest model is the least popular;
+``shuffled`` permutes them with the seed; ``explicit`` takes the served names hottest first.
+
+Served names: a model given with count n > 1 becomes ``NAME-0 .. NAME-(n-1)``; a model given once
+keeps its catalog name. Everything is deterministic under ``seed``: model k of a spec draws its
+arrivals and lengths from ``numpy.random.default_rng([seed, k])``.
 """
 from __future__ import annotations
 
-import csv
-import datetime as dt
+import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,35 +21,25 @@ from muxplan.catalog import get_model, model_catalog, num_params
 from muxplan.files import InputError, load_trace, parse_contract, read_mapping
 from muxplan.schema import Arrivals, LengthDist, Slo, Trace, TraceRow, Workload, WorkloadModel
 
-AZURE_ATTRIBUTION = (
-    "Azure LLM inference trace 2023 (CC-BY 4.0), Patel et al., 'Splitwise: Efficient generative LLM "
-    "inference using phase splitting', ISCA 2024"
-)
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    name: str
-    num_requests: int
-    rate_rps: float
-    prompt_mean: float
-    prompt_p50: float
-    prompt_p99: float
-    output_mean: float
-    output_p50: float
-    output_p99: float
-    arrival_cv: float
+MAX_REQUESTS = 20_000_000
+"""A spec expecting more requests than this is refused (it would not fit in memory as rows)."""
+MAX_TOKENS = 1 << 20
+"""Largest prompt/output length accepted in a length distribution."""
+EMPIRICAL_POINTS = 1000
+"""Empirical length distributions keep at most this many quantile points of the observed values."""
 
 
 def parse_model_counts(text: str) -> list[tuple[str, int]]:
     """'llama-7b:12,llama-13b:4' -> [('llama-7b', 12), ('llama-13b', 4)]; every name must resolve."""
     out = []
     for part in filter(None, (p.strip() for p in text.split(","))):
-        ref, _, count = part.partition(":")
-        if count and not count.isdigit() or count == "0":
+        ref, sep, count = part.rpartition(":")
+        if not sep:
+            ref, count = part, "1"
+        if not count.isdigit() or int(count) < 1:
             raise InputError(f"--models: '{part}': count must be a positive integer")
         get_model(ref)
-        out.append((ref, int(count or 1)))
+        out.append((ref, int(count)))
     if not out:
         raise InputError("--models: no models given")
     return out
@@ -55,10 +47,16 @@ def parse_model_counts(text: str) -> list[tuple[str, int]]:
 
 def served_names(counts: list[tuple[str, int]]) -> list[tuple[str, str]]:
     """(served name, model ref) per instance: 'llama-7b-0'.. when a model repeats, else the model name."""
-    return [(f"{ref}-{i}" if n > 1 else ref, ref) for ref, n in counts for i in range(n)]
+    out = [(f"{get_model(ref).name}-{i}" if n > 1 else get_model(ref).name, ref) for ref, n in counts for i in range(n)]
+    names = [name for name, _ in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(f"--models: served names repeat ({', '.join(dup)}); give each model once with a count")
+    return out
 
 
 def popularity_rates(num_models: int, alpha: float, top_rate: float | None, total_rate: float | None) -> np.ndarray:
+    """Rate per popularity rank: (k+1)^-alpha scaled so rank 0 gets top_rate, or all sum to total_rate."""
     weights = (np.arange(num_models) + 1.0) ** -alpha
     if total_rate is not None:
         return weights / weights.sum() * total_rate
@@ -68,19 +66,19 @@ def popularity_rates(num_models: int, alpha: float, top_rate: float | None, tota
 def popularity_ranks(instances: list[tuple[str, str]], order: str, seed: int, explicit: list[str] | None = None) -> list[int]:
     """Rank (0 = hottest) of each instance under the chosen popularity order."""
     n = len(instances)
+    names = [name for name, _ in instances]
     if order == "size":
-        by_size = sorted(range(n), key=lambda i: (num_params(get_model(instances[i][1])), i))
+        hottest_first = sorted(range(n), key=lambda i: (num_params(get_model(instances[i][1])), i))
     elif order == "shuffled":
-        by_size = list(np.random.default_rng(seed).permutation(n))
+        hottest_first = [int(i) for i in np.random.default_rng(seed).permutation(n)]
     elif order == "explicit":
-        names = [name for name, _ in instances]
         if sorted(explicit or []) != sorted(names):
-            raise InputError(f"--order: must list every served model once: {', '.join(names)}")
-        by_size = [names.index(x) for x in explicit]
+            raise InputError(f"--order: must list every served model once, hottest first: {', '.join(names)}")
+        hottest_first = [names.index(x) for x in explicit]
     else:
         raise InputError(f"--popularity-order: '{order}' is not one of size, shuffled, explicit")
     ranks = [0] * n
-    for rank, i in enumerate(by_size):
+    for rank, i in enumerate(hottest_first):
         ranks[i] = rank
     return ranks
 
@@ -89,156 +87,211 @@ def synthesize(
     counts: list[tuple[str, int]], alpha: float, top_rate: float | None = 40.0, total_rate: float | None = None,
     rate_scale: float = 1.0, duration_s: float = 240.0, seed: int = 0, order: str = "size",
     explicit_order: list[str] | None = None, arrivals: Arrivals = Arrivals(), prompt: LengthDist = LengthDist(mean=161),
-    output: LengthDist = LengthDist(mean=338), slo: Slo = Slo(), materialise: bool = True,
+    output: LengthDist = LengthDist(mean=338), slo: Slo = Slo(), materialise: bool = True, name: str = "synthetic",
 ) -> Workload:
+    """A power-law multi-model workload; with ``materialise`` its requests are drawn from the spec."""
     instances = served_names(counts)
     rates = popularity_rates(len(instances), alpha, top_rate, total_rate) * rate_scale
     ranks = popularity_ranks(instances, order, seed, explicit_order)
     models = [
-        WorkloadModel(name=name, model=ref, rate_rps=float(rates[rank]), prompt_tokens=prompt, output_tokens=output, slo=slo)
-        for (name, ref), rank in zip(instances, ranks)
+        WorkloadModel(name=served, model=ref, rate_rps=float(rates[rank]), prompt_tokens=prompt, output_tokens=output, slo=slo)
+        for (served, ref), rank in zip(instances, ranks)
     ]
-    source = f"synth alpha={alpha} top_rate={top_rate} total_rate={total_rate} scale={rate_scale} order={order}"
-    spec = Workload(name="synthetic", duration_s=duration_s, seed=seed, arrivals=arrivals, models=models, source=source)
+    rate = f"top_rate={top_rate}" if total_rate is None else f"total_rate={total_rate}"
+    source = f"muxplan workload synth: alpha={alpha} {rate} scale={rate_scale} order={order}"
+    spec = Workload(name=name, duration_s=duration_s, seed=seed, arrivals=arrivals, models=models, source=source)
+    problems = spec_problems(spec)
+    if problems:
+        raise InputError(problems)
     return spec.model_copy(update={"requests": materialise_requests(spec)}) if materialise else spec
 
 
 def sample_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n token lengths; lognormal is parameterised so its mean (before clipping to [low, high]) is dist.mean."""
     if dist.kind == "fixed":
         values = np.full(n, round(dist.mean))
     elif dist.kind == "lognormal":
-        mu = np.log(dist.mean) - dist.sigma**2 / 2  # so that the mean is dist.mean before clipping
+        mu = np.log(dist.mean) - dist.sigma**2 / 2
         values = np.rint(rng.lognormal(mu, dist.sigma, n))
     elif dist.kind == "uniform":
         values = rng.integers(dist.low, dist.high + 1, n)
     else:
         values = rng.choice(np.asarray(dist.values), n)
-    return np.clip(values, dist.low, dist.high).astype(int)
+    return np.clip(values, dist.low, dist.high).astype(np.int64)
 
 
 def arrival_times(rate_rps: float, duration_s: float, arrivals: Arrivals, rng: np.random.Generator) -> np.ndarray:
-    """Arrival instants in [0, duration): Poisson, or Gamma renewal with the given CV."""
+    """Arrival instants in [0, duration): Poisson, or a Gamma renewal process with the given CV."""
     if rate_rps <= 0:
         return np.empty(0)
+    shape = 1.0 / arrivals.cv**2
+
+    def gaps(n: int) -> np.ndarray:
+        if arrivals.process == "poisson":
+            return rng.exponential(1.0 / rate_rps, n)
+        return rng.gamma(shape, 1.0 / (rate_rps * shape), n)
+
     expected = rate_rps * duration_s
-    n = int(expected + 6 * np.sqrt(expected) + 16)
-    if arrivals.process == "poisson":
-        gaps = rng.exponential(1.0 / rate_rps, n)
-    else:
-        shape = 1.0 / arrivals.cv**2
-        gaps = rng.gamma(shape, 1.0 / (rate_rps * shape), n)
-    times = np.cumsum(gaps)
+    n = int(expected + 6 * arrivals.cv * np.sqrt(expected) + 16)
+    times = np.cumsum(gaps(n))
     while times[-1] < duration_s:  # rare: extend until the window is covered
-        times = np.concatenate([times, times[-1] + np.cumsum(rng.exponential(1.0 / rate_rps, n))])
+        times = np.concatenate([times, times[-1] + np.cumsum(gaps(n))])
     return times[times < duration_s]
 
 
 def materialise_requests(workload: Workload) -> list[TraceRow]:
-    """The workload's request rows: embedded ones, else generated deterministically from the spec."""
+    """The workload's request rows: embedded ones, else drawn from the spec (same seed -> same rows).
+
+    Rows are sorted by arrival time, ties by served name. Model k uses ``default_rng([seed, k])``:
+    arrivals first, then prompt lengths, then output lengths.
+    """
     if workload.requests is not None:
         return list(workload.requests)
-    columns = []
+    times, models, prompts, outputs = [], [], [], []
     for index, m in enumerate(workload.models):
         rng = np.random.default_rng([workload.seed, index])
-        times = arrival_times(m.rate_rps, workload.duration_s, workload.arrivals, rng)
-        prompts = sample_lengths(m.prompt_tokens, len(times), rng)
-        outputs = sample_lengths(m.output_tokens, len(times), rng)
-        columns += [(float(t), m.name, int(p), int(o)) for t, p, o in zip(times, prompts, outputs)]
-    columns.sort(key=lambda row: (row[0], row[1]))
-    return [TraceRow.model_construct(arrival_s=t, model=n, prompt_tokens=p, output_tokens=o) for t, n, p, o in columns]
+        t = arrival_times(m.rate_rps, workload.duration_s, workload.arrivals, rng)
+        times.append(t)
+        models.append(np.full(t.size, index))
+        prompts.append(sample_lengths(m.prompt_tokens, t.size, rng))
+        outputs.append(sample_lengths(m.output_tokens, t.size, rng))
+    t, k, p, o = (np.concatenate(c) for c in (times, models, prompts, outputs))
+    name_rank = np.argsort(np.argsort([m.name for m in workload.models], kind="stable"))
+    order = np.lexsort((name_rank[k], t))
+    names = [m.name for m in workload.models]
+    return [
+        TraceRow.model_construct(arrival_s=float(t[i]), model=names[k[i]], prompt_tokens=int(p[i]), output_tokens=int(o[i]))
+        for i in order
+    ]
 
 
-def _catalog_ref(name: str) -> str:
+def empirical(values: np.ndarray) -> LengthDist:
+    """An empirical length distribution of observed values, kept to at most EMPIRICAL_POINTS quantiles."""
+    values = np.asarray(values, dtype=np.int64)
+    kept = np.sort(values)
+    if kept.size > EMPIRICAL_POINTS:  # evenly spaced order statistics: resampling them ~ resampling all
+        kept = kept[np.linspace(0, kept.size - 1, EMPIRICAL_POINTS).round().astype(int)]
+    return LengthDist(kind="empirical", mean=float(values.mean()), low=int(kept.min()), high=int(kept.max()),
+                      values=[int(v) for v in kept])
+
+
+def catalog_ref(name: str) -> str:
+    """Catalog model of a trace's model column: the name itself, or NAME-<index> of a catalog model."""
     if name in model_catalog():
         return name
     base = re.sub(r"-\d+$", "", name)
     if base in model_catalog():
         return base
-    raise InputError(f"trace model '{name}' is not a catalog model (or NAME-<index> of one); known: {', '.join(model_catalog())}")
+    raise InputError(f"model '{name}' is not a catalog model (or NAME-<index> of one); known: {', '.join(model_catalog())}")
 
 
-def workload_from_trace(trace: Trace, slo: Slo = Slo(), name: str = "trace") -> Workload:
-    """Per-model rates and empirical length distributions measured from request rows."""
+def natural_key(name: str) -> list:
+    """Sort key treating digit runs as numbers: llama-7b-2 < llama-7b-10 < llama-65b."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
+def workload_from_trace(trace: Trace, slo: Slo = Slo(), name: str = "trace", where: str = "", rows_field: str = "requests") -> Workload:
+    """Per-model rates (requests / last arrival) and empirical lengths measured from request rows.
+
+    Models come in natural name order (llama-7b-2 before llama-7b-10); the requests are kept. The arrival process records
+    the trace's aggregate inter-arrival CV as a gamma fit (used only if the requests are dropped).
+    """
     rows = trace.requests
-    duration_s = max(max(r.arrival_s for r in rows), 1e-9)
+    arrival = np.fromiter((r.arrival_s for r in rows), dtype=np.float64, count=len(rows))
+    prompt = np.fromiter((r.prompt_tokens for r in rows), dtype=np.int64, count=len(rows))
+    output = np.fromiter((r.output_tokens for r in rows), dtype=np.int64, count=len(rows))
+    names = sorted({r.model for r in rows}, key=natural_key)
+    index = {n: i for i, n in enumerate(names)}
+    model = np.fromiter((index[r.model] for r in rows), dtype=np.int64, count=len(rows))
+    duration_s = max(float(arrival.max()), 1e-6)
     models = []
-    for model in sorted({r.model for r in rows}):
-        mine = [r for r in rows if r.model == model]
-        prompts = [r.prompt_tokens for r in mine]
-        outputs = [r.output_tokens for r in mine]
-        models.append(WorkloadModel(
-            name=model, model=_catalog_ref(model), rate_rps=len(mine) / duration_s, slo=slo,
-            prompt_tokens=LengthDist(kind="empirical", mean=float(np.mean(prompts)), values=prompts[:2000], high=max(prompts)),
-            output_tokens=LengthDist(kind="empirical", mean=float(np.mean(outputs)), values=outputs[:2000], high=max(outputs)),
-        ))
-    return Workload(name=name, duration_s=duration_s, models=models, requests=list(rows), source=trace.source)
+    for i, served in enumerate(names):
+        try:
+            ref = catalog_ref(served)
+        except InputError as exc:
+            raise InputError(f"{where or trace.source}: {rows_field}[{int(np.argmax(model == i))}].model: {exc}") from None
+        mine = model == i
+        models.append(WorkloadModel(name=served, model=ref, rate_rps=float(mine.sum()) / duration_s, slo=slo,
+                                    prompt_tokens=empirical(prompt[mine]), output_tokens=empirical(output[mine])))
+    gaps = np.diff(np.sort(arrival))
+    cv = float(gaps.std() / gaps.mean()) if gaps.size > 1 and gaps.mean() > 0 else 1.0
+    arrivals = Arrivals() if abs(cv - 1) < 0.05 or cv == 0 else Arrivals(process="gamma", cv=round(cv, 3))
+    return Workload(name=name, duration_s=duration_s, arrivals=arrivals, models=models, requests=list(rows), source=trace.source)
+
+
+def spec_problems(w: Workload, where: str = "") -> list[str]:
+    """What a schema-valid workload can still get wrong: non-finite numbers, unknown models, huge sizes."""
+    pre = f"{where}: " if where else ""
+    problems = []
+    if not math.isfinite(w.duration_s):
+        problems.append(f"{pre}duration_s: must be finite")
+    for i, m in enumerate(w.models):
+        try:
+            get_model(m.model)
+        except InputError as exc:
+            problems.append(f"{pre}models[{i}].model: {exc}")
+        if not math.isfinite(m.rate_rps):
+            problems.append(f"{pre}models[{i}].rate_rps: must be finite")
+        for key in ("prompt_tokens", "output_tokens"):
+            d: LengthDist = getattr(m, key)
+            if not math.isfinite(d.mean) or not math.isfinite(d.sigma) or d.sigma > 10:
+                problems.append(f"{pre}models[{i}].{key}: mean and sigma must be finite (sigma <= 10)")
+            if d.high > MAX_TOKENS or d.mean > MAX_TOKENS:
+                problems.append(f"{pre}models[{i}].{key}.high: at most {MAX_TOKENS} tokens")
+            if any(v < 1 or v > MAX_TOKENS for v in d.values):
+                problems.append(f"{pre}models[{i}].{key}.values: every value must be in 1..{MAX_TOKENS}")
+    if not problems and w.requests is None:
+        expected = sum(m.rate_rps for m in w.models) * w.duration_s
+        if expected > MAX_REQUESTS:
+            problems.append(f"{pre}models: rates x duration_s expect {expected:.3g} requests; at most {MAX_REQUESTS:,}")
+    for i, r in enumerate(w.requests or []):
+        if not math.isfinite(r.arrival_s):
+            problems.append(f"{pre}requests[{i}].arrival_s: must be finite")
+            break
+    return problems
+
+
+def _resolve_config_paths(w: Workload, folder: Path) -> Workload:
+    """Model refs that are paths relative to the workload file become absolute (callers run elsewhere)."""
+    models = []
+    for m in w.models:
+        local = folder / m.model
+        if m.model not in model_catalog() and not Path(m.model).is_absolute() and local.exists():
+            m = m.model_copy(update={"model": str(local.resolve())})
+        models.append(m)
+    return w.model_copy(update={"models": models})
 
 
 def load_workload(path: str | Path) -> Workload:
-    """A workload file (JSON/YAML) or a request trace (CSV, JSONL, JSON/YAML with `requests`) as a Workload."""
+    """Load a workload file OR a request trace as a :class:`Workload`; the loader planner and simulator use.
+
+    - ``.json/.yaml/.yml`` with ``models:`` -> the Workload as written (``requests`` may be None:
+      a spec; call :func:`materialise_requests` for rows, deterministic in its seed).
+    - ``.csv/.jsonl`` trace, or ``.json/.yaml`` with only ``requests:`` -> a Workload with the rows
+      kept in ``requests`` and per-model rates and empirical lengths measured from them (see
+      :func:`workload_from_trace`); a row's model must be a catalog name or ``NAME-<index>``.
+    Every model must resolve in the catalog (or be a config.json path, relative to the file);
+    problems raise InputError, one line each naming the file and field.
+    """
     p = Path(path)
     if p.suffix.lower() in (".csv", ".jsonl"):
-        return workload_from_trace(load_trace(p), name=p.stem)
+        _reject_azure(p)
+        return workload_from_trace(load_trace(p), name=p.stem, where=str(p), rows_field="rows")
     data = read_mapping(p)
     if isinstance(data, dict) and "models" not in data and "requests" in data:
-        return workload_from_trace(parse_contract(p, data, Trace), name=p.stem)
-    return parse_contract(p, data, Workload)
+        return workload_from_trace(parse_contract(p, data, Trace), name=p.stem, where=str(p))
+    workload = _resolve_config_paths(parse_contract(p, data, Workload), p.parent)
+    problems = spec_problems(workload, str(p))
+    if problems:
+        raise InputError(problems)
+    return workload
 
 
-def read_azure_csv(path: str | Path) -> list[tuple[float, int, int]]:
-    """(seconds since the first request, prompt tokens, output tokens) from an Azure LLM trace CSV."""
-    p = Path(path)
-    rows = []
+def _reject_azure(path: Path) -> None:
     try:
-        with p.open(newline="") as f:
-            reader = csv.DictReader(f)
-            need = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
-            if not all(c in (reader.fieldnames or []) for c in need):
-                raise InputError(f"{p}: header: need columns {', '.join(need)}")
-            for i, raw in enumerate(reader):
-                try:
-                    stamp = dt.datetime.fromisoformat(raw["TIMESTAMP"].strip()[:26])
-                    rows.append((stamp.timestamp(), int(raw["ContextTokens"]), int(raw["GeneratedTokens"])))
-                except (ValueError, TypeError, AttributeError):
-                    raise InputError(f"{p}: rows[{i}]: bad TIMESTAMP/ContextTokens/GeneratedTokens") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{p}: cannot read: {exc}") from None
-    if not rows:
-        raise InputError(f"{p}: rows: no requests")
-    start = min(r[0] for r in rows)
-    return [(t - start, max(1, c), max(1, g)) for t, c, g in rows]
-
-
-def import_azure(path: str | Path, counts: list[tuple[str, int]], alpha: float, seed: int, order: str = "size") -> Workload:
-    """Real arrivals and lengths; each request goes to a model drawn from the popularity distribution."""
-    rows = read_azure_csv(path)
-    instances = served_names(counts)
-    ranks = popularity_ranks(instances, order, seed)
-    weights = popularity_rates(len(instances), alpha, 1.0, None)[ranks]
-    picks = np.random.default_rng(seed).choice(len(instances), size=len(rows), p=weights / weights.sum())
-    requests = [
-        TraceRow(arrival_s=round(t, 6), model=instances[k][0], prompt_tokens=c, output_tokens=g)
-        for (t, c, g), k in zip(rows, picks)
-    ]
-    requests.sort(key=lambda r: r.arrival_s)
-    workload = workload_from_trace(Trace(requests=requests, source=f"{Path(path).name}: {AZURE_ATTRIBUTION}"), name=Path(path).stem)
-    by_name = {name: ref for name, ref in instances}
-    models = [m.model_copy(update={"model": by_name[m.name]}) for m in workload.models]
-    return workload.model_copy(update={"models": models, "seed": seed})
-
-
-def summarize(workload: Workload) -> list[ModelSummary]:
-    rows = materialise_requests(workload)
-    span_s = workload.duration_s if workload.requests is None else max(max((r.arrival_s for r in rows), default=0.0), 1e-9)
-    out = []
-    for m in workload.models:
-        mine = [r for r in rows if r.model == m.name]
-        p = np.array([r.prompt_tokens for r in mine] or [0])
-        o = np.array([r.output_tokens for r in mine] or [0])
-        gaps = np.diff([r.arrival_s for r in mine])
-        cv = float(gaps.std() / gaps.mean()) if len(gaps) > 1 and gaps.mean() > 0 else 0.0
-        out.append(ModelSummary(
-            m.name, len(mine), len(mine) / span_s, float(p.mean()), float(np.percentile(p, 50)), float(np.percentile(p, 99)),
-            float(o.mean()), float(np.percentile(o, 50)), float(np.percentile(o, 99)), cv,
-        ))
-    return out
+        with path.open() as f:
+            header = f.readline()
+    except (OSError, UnicodeDecodeError):
+        return  # load_trace reports it
+    if "ContextTokens" in header and "model" not in header:
+        raise InputError(f"{path}: header: an Azure trace has no model column; convert it with `muxplan workload import`")
