@@ -137,3 +137,15 @@ def test_summary_and_slo_attainment_follow_isolated_latency():
     assert s.overall.num_finished == 2 and s.overall.slo_attainment == 0.0
     assert s.overall.ttft_ms[0] == pytest.approx(16.5) and s.overall.tpot_ms[0] == pytest.approx(7.1)
     assert s.overall.throughput_rps == pytest.approx(2 / 0.052)
+
+
+def test_rank_plans_prefers_the_plan_that_meets_more_slos():
+    from planner.sim.evaluate import rank_plans
+
+    rows = [(0.01 * i, "a", 100, 20) for i in range(200)]
+    wl = make_workload(["a"], rows)
+    one_gpu = make_plan([[placed("a", 10 * GIB)]])
+    two_gpus = make_plan([[placed("a", 10 * GIB, share=0.5)], [placed("a", 10 * GIB, share=0.5)]])
+    ranked = rank_plans([one_gpu, two_gpus], wl, ToyCost(), slo_scale=5.0)
+    assert [v.index for v in ranked] == [1, 0]
+    assert [v.summary.overall.slo_attainment for v in ranked] == [0.225, 0.0]
