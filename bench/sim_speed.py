@@ -29,10 +29,10 @@ from profiler.cost_model import load_cost_model  # noqa: E402
 def planner_plan(workload, cluster, cost):
     """The planner's greedy plan when the planner is on this checkout, else None."""
     try:
-        from planner import baselines
+        from planner.solve import run_solver
     except ImportError:
         return None
-    return baselines.greedy_plan(workload, cluster, cost)
+    return run_solver("greedy", workload, cluster, cost)
 
 
 def main() -> None:

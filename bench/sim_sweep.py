@@ -2,8 +2,9 @@
 
 Workloads: 19 LLaMA models (12x7B, 4x13B, 2x30B, 65B) on 4x8 A100-80GB, rate_k ~ (k+1)^-alpha with the
 hottest at 40*s req/s, popularity in size order (65B coldest) or shuffled; Poisson arrivals, ShareGPT-like
-lengths. Per instance: the paper's spatial layout under the spatial policy; the planner's greedy plan under
-temporal (one job at a time, FCFS) and under ADBS; the exact plan under ADBS. Throughput is measured at
+lengths. Per instance: the paper's spatial layout under the spatial policy; the planner's temporal plan
+(greedy placement judged by a one-job-at-a-time estimate) under the temporal policy (one job at a time,
+FCFS); the greedy plan and the exact plan under ADBS. Throughput is measured at
 rate x1; "max rate" is the highest rate scale at which 99% of requests meet SLO scale 5 (bisection).
 
 Usage: python bench/sim_sweep.py [--alphas 0.7,0.9,1.3,1.7,2.1] [--scales 0.5,0.75,1.0,1.25]
@@ -39,15 +40,15 @@ SLO_SCALE = 5.0
 
 
 def planner_plans(workload, cluster, cost, time_limit_s: float) -> dict:
-    """{"greedy": plan, "exact": plan} from the planner, for whichever solvers this checkout has."""
+    """{"greedy": plan, "temporal": plan, "exact": plan} from the planner, for whichever solvers this checkout has."""
     plans = {}
     try:
-        from planner.solver import solve_plan
+        from planner.solve import run_solver
     except ImportError:
         return plans
-    for method in ("greedy", "exact"):
+    for method in ("greedy", "temporal", "exact"):
         try:
-            plans[method] = solve_plan(workload, cluster, cost, method=method, time_limit_s=time_limit_s)
+            plans[method] = run_solver(method, workload, cluster, cost, time_limit_s=time_limit_s)
         except Exception as exc:  # a solver failing on one instance is reported, not fatal
             print(f"  {method} failed: {exc}", file=sys.stderr)
     return plans
@@ -56,8 +57,10 @@ def planner_plans(workload, cluster, cost, time_limit_s: float) -> dict:
 def runs_for(workload, cluster, cost, time_limit_s):
     runs = [("spatial", paper_spatial_plan(workload, cluster), "spatial")]
     plans = planner_plans(workload, cluster, cost, time_limit_s)
+    if "temporal" in plans:
+        runs.append(("temporal", plans["temporal"], "temporal"))
     if "greedy" in plans:
-        runs += [("temporal", plans["greedy"], "temporal"), ("greedy+adbs", plans["greedy"], "adbs")]
+        runs.append(("greedy+adbs", plans["greedy"], "adbs"))
     if "exact" in plans:
         runs.append(("exact+adbs", plans["exact"], "adbs"))
     return runs

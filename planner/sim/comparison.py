@@ -44,13 +44,10 @@ class RunOutcome:
 def baseline_plan(name: str, plan: Plan, workload: Workload, cost: CostModel) -> Plan:
     """A baseline plan on the main plan's cluster, built by the planner (spatial or greedy)."""
     try:
-        from planner import baselines
+        from planner.solve import run_solver
     except ImportError:
-        raise InputError(f"--compare: '{name}' needs the planner's baselines (planner/baselines.py), not available") from None
-    builder = getattr(baselines, f"{name}_plan", None)
-    if builder is None:
-        raise InputError(f"--compare: the planner has no '{name}' baseline")
-    return builder(workload, plan.cluster, cost)
+        raise InputError(f"--compare: '{name}' needs the planner (planner/solve.py), not available in this checkout") from None
+    return run_solver(name, workload, plan.cluster, cost)
 
 
 def resolve_runs(plan: Plan, plan_label: str, policy: str, compare: list[str], workload: Workload, cost: CostModel) -> list[Run]:
