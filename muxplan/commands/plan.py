@@ -1,6 +1,51 @@
-"""`muxplan plan` commands."""
+"""`muxplan plan`: show and compare plan files."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(help="plan commands.", no_args_is_help=True)
+app = typer.Typer(help="Show and compare plan files.", no_args_is_help=True)
+
+
+@app.command("show")
+def show(
+    file: Annotated[Path, typer.Argument(help="plan.json")],
+    workload: Annotated[Optional[Path], typer.Option(help="Workload to check model names against.")] = None,
+) -> None:
+    """Re-render a plan and check its constraints."""
+    from muxplan.files import InputError, load_contract
+    from muxplan.render import console
+    from muxplan.schema import Plan
+    from muxplan.workload import load_workload
+    from planner.placement import check_plan
+    from planner.report import considered_table, headline, units_table, unserved_table
+
+    plan = load_contract(file, Plan)
+    con = console()
+    con.print(units_table(plan))
+    if plan.unserved:
+        con.print(unserved_table(plan))
+    if plan.considered:
+        con.print(considered_table(plan))
+    con.print(headline(plan))
+    problems = check_plan(plan, load_workload(workload) if workload else None)
+    if problems:
+        raise InputError([f"{file}: {p}" for p in problems])
+    con.print("constraints: all satisfied")
+
+
+@app.command("diff")
+def diff(a: Annotated[Path, typer.Argument(help="First plan.")], b: Annotated[Path, typer.Argument(help="Second plan.")]) -> None:
+    """Show moved models and changed shares between two plans."""
+    from muxplan.files import load_contract
+    from muxplan.render import console
+    from muxplan.schema import Plan
+    from planner.report import diff_table, headline
+
+    pa, pb = load_contract(a, Plan), load_contract(b, Plan)
+    con = console()
+    con.print(f"a: {headline(pa)}")
+    con.print(f"b: {headline(pb)}")
+    con.print(diff_table(pa, pb))

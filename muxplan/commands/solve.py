@@ -1,7 +1,63 @@
-"""`muxplan solve`."""
+"""`muxplan solve`: compute a placement plan."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Optional
 
-def solve() -> None:
+import typer
+
+
+def solve(
+    workload: Annotated[Path, typer.Option(help="Workload file or request trace.")],
+    cluster: Annotated[str, typer.Option(help="Cluster file or shorthand like 4x8xA100-80GB.")],
+    solver: Annotated[str, typer.Option(help="exact, greedy, spatial or temporal.")] = "exact",
+    objective: Annotated[str, typer.Option(help="throughput, weighted, fairness or min-gpus.")] = "throughput",
+    profile: Annotated[Optional[Path], typer.Option(help="Measured profile file or directory (else the analytic model).")] = None,
+    params: Annotated[Optional[Path], typer.Option(help="Fitted roofline parameters (JSON).")] = None,
+    time_limit: Annotated[float, typer.Option(help="Seconds the exact solver may spend.")] = 30.0,
+    seed: Annotated[int, typer.Option(help="Random seed (solvers are deterministic given it).")] = 0,
+    backend: Annotated[str, typer.Option(help="Integer master back-end: highs, cbc or cpsat.")] = "highs",
+    compare: Annotated[bool, typer.Option(help="Also run the other solvers for the 'considered' table.")] = True,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write plan.json.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+) -> None:
     """Compute a placement plan for a workload on a cluster."""
-    raise NotImplementedError("muxplan solve is being built (issue 4)")
+    from muxplan.cluster import load_cluster
+    from muxplan.files import save_contract
+    from muxplan.render import console
+    from muxplan.workload import load_workload
+    from planner.placement import check_plan
+    from planner.report import considered_table, headline, units_table, unserved_table
+    from planner.solve import solve_and_compare
+    from profiler.cost_model import load_cost_model
+
+    w, c = load_workload(workload), load_cluster(cluster)
+    cost_model = load_cost_model(profile, params)
+    label = str(profile) if profile else (f"roofline:{params}" if params else "roofline:shipped")
+    plan = solve_and_compare(solver, w, c, cost_model, label, objective, time_limit, seed, backend, compare)
+    problems = check_plan(plan, w)
+    if problems:
+        raise RuntimeError("internal error: the plan violates constraints: " + "; ".join(problems))
+    if out:
+        save_contract(out, plan)
+    if as_json:
+        s = plan.solver
+        per_model: dict[str, float] = {}
+        for u in plan.units:
+            for m in u.models:
+                per_model[m.name] = per_model.get(m.name, 0.0) + m.predicted_rps
+        typer.echo(json.dumps({"solver": s.method, "objective": s.objective, "value": s.value, "bound": s.bound, "gap": s.gap,
+                               "status": s.status, "seconds": s.seconds, "num_gpus_used": plan.num_gpus_used,
+                               "served_rps": plan.served_rps, "demand_rps": plan.demand_rps, "served_rps_per_model": per_model,
+                               "considered": [x.model_dump() for x in plan.considered]}, indent=1))
+        return
+    con = console()
+    con.print(units_table(plan))
+    if plan.unserved:
+        con.print(unserved_table(plan))
+    if plan.considered:
+        con.print(considered_table(plan))
+    con.print(headline(plan))
+    if out:
+        con.print(f"wrote {out}")

@@ -1,0 +1,207 @@
+"""Exact placement by column generation, with a proven bound and gap.
+
+Columns are unit configurations c = (GPU type t, mesh size n_c, models with options and rates a_{c,i}).
+Master (configuration LP, then integer over the generated columns):
+
+    max  sum_i w_i s_i
+    s.t. s_i <= r_i                                  (demand)
+         s_i - sum_c a_{c,i} lambda_c <= 0   [pi_i]  (served only where placed; replicas add up)
+         sum_{c of type t} n_c lambda_c <= G_t [mu_t] (GPUs of each type)
+         lambda_c in Z+   (R+ in the LP)
+
+Power-of-two meshes always pack into power-of-two nodes by first-fit decreasing, so node partitions
+need not be enumerated. Pricing, per (t, n): a MILP over binaries y_{i,o} (model i at option o) and
+rates x_{i,o} >= 0 maximising  sum pi_i x_{i,o} - mu_t n  subject to exactly the estimator's unit
+constraints (planner.estimator): x_{i,o} <= r_i y_{i,o}, sum_o y_{i,o} <= 1, memory
+sum mem_{i,o} y_{i,o} <= usable, decode SM sum sm_o y_{i,o} <= 120, and for every i
+sum_o d_{i,o} x_{i,o} + sum_{j,o} p_{j,o} x_{j,o} <= 1. So the estimator of the final plan equals the
+objective. Bound (Lagrangian, valid at every iteration):
+    UB = sum_i (w_i - pi_i) r_i + sum_t mu_t G_t + sum_t G_t max(0, max_n rc*_{t,n} / n)
+with rc*_{t,n} the pricing MILP's dual bound; at convergence UB = the LP value.
+Objectives: throughput (w = 1), weighted (w_i = r_i / sum r), fairness (max min s_i / r_i, then
+throughput at that level), min-gpus (min sum n_c lambda_c with s = r over the generated columns).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from muxplan.catalog import get_gpu
+from muxplan.files import InputError
+from muxplan.schema import Cluster
+from planner.estimator import SM_BUDGET_PCT
+from planner.placement import UnitChoice
+from planner.tables import Demand, model_options
+from profiler.memory import usable_bytes
+
+TOL = 1e-7
+
+
+@dataclass(frozen=True)
+class ExactSolution:
+    units: tuple[UnitChoice, ...]
+    value: float
+    bound: float
+    gap: float
+    status: str
+    seconds: float
+    num_columns: int
+
+
+@contextmanager
+def quiet_stdout():
+    """HiGHS prints a banner on stdout from C++ whatever its options; keep --json output clean."""
+    sys.stdout.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _highs():
+    import highspy
+
+    with quiet_stdout():
+        h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    return h
+
+
+def _price(demands, gpu, n, cost_model, pi, time_limit_s):
+    """Best unit of mesh size n for duals pi: (dual bound, objective, UnitChoice members) or None."""
+    h = _highs()
+    h.setOptionValue("time_limit", max(0.05, time_limit_s))
+    h.setOptionValue("mip_rel_gap", 1e-6)
+    cand = [i for i, d in enumerate(demands) if pi[i] > TOL and d.rate_rps > 0]
+    ys, xs, opts = {}, {}, {}
+    for i in cand:
+        for k, o in enumerate(model_options(demands[i], gpu, n, cost_model)):
+            if o.decode_sm_pct < 100 and o.mem_bytes <= usable_bytes(gpu):
+                opts[i, k] = o
+                ys[i, k] = h.addBinary()
+                xs[i, k] = h.addVariable(lb=0, ub=demands[i].rate_rps)
+                h.addConstr(xs[i, k] - demands[i].rate_rps * ys[i, k] <= 0)
+    if not opts:
+        return None
+    for i in cand:
+        mine = [key for key in opts if key[0] == i]
+        if mine:
+            h.addConstr(sum(ys[key] for key in mine) <= 1)
+    h.addConstr(sum(opts[key].mem_bytes / 2**30 * ys[key] for key in opts) <= usable_bytes(gpu) / 2**30)
+    h.addConstr(sum(opts[key].decode_sm_pct * ys[key] for key in opts) <= SM_BUDGET_PCT)
+    prefill = sum(opts[key].prefill_s_per_req * xs[key] for key in opts)
+    for i in cand:
+        mine = [key for key in opts if key[0] == i]
+        if mine:
+            h.addConstr(sum(opts[key].decode_s_per_req * xs[key] for key in mine) + prefill <= 1)
+    h.maximize(sum(pi[key[0]] * xs[key] for key in opts))
+    info = h.getInfo()
+    bound = info.mip_dual_bound if info.mip_dual_bound == info.mip_dual_bound else h.getObjectiveValue()
+    members = tuple((i, opts[i, k], h.val(xs[i, k])) for (i, k) in opts if h.val(ys[i, k]) > 0.5 and h.val(xs[i, k]) > TOL)
+    return min(bound, 1e18), h.getObjectiveValue(), members
+
+
+def _single_columns(demands, gpus, cost_model):
+    """Every model alone on every mesh size (its best option, full SMs allowed): the seed columns."""
+    cols = []
+    for t, (gpu, max_n) in gpus.items():
+        n = 1
+        while n <= max_n:
+            for i, d in enumerate(demands):
+                fits = [o for o in model_options(d, gpu, n, cost_model) if o.mem_bytes <= usable_bytes(gpu)]
+                if fits and d.rate_rps > 0:
+                    best = max(fits, key=lambda o: min(o.max_rps, d.rate_rps) - 1e-6 * o.decode_sm_pct)
+                    cols.append(UnitChoice(n, t, ((i, best, min(best.max_rps, d.rate_rps)),)))
+            n *= 2
+    return cols
+
+
+def _master_lp(cols, demands, w, gpu_counts):
+    from scipy.optimize import linprog
+
+    m, c = len(demands), len(cols)
+    types = list(gpu_counts)
+    cost = [0.0] * c + [-wi for wi in w]
+    a_ub, b_ub = [], []
+    for i in range(m):
+        a_ub.append([-sum(r for j, _, r in col.members if j == i) for col in cols] + [1.0 if k == i else 0.0 for k in range(m)])
+        b_ub.append(0.0)
+    for t in types:
+        a_ub.append([float(col.mesh_size) if col.gpu == t else 0.0 for col in cols] + [0.0] * m)
+        b_ub.append(float(gpu_counts[t]))
+    bounds = [(0, None)] * c + [(0, d.rate_rps) for d in demands]
+    res = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
+    duals = [-v for v in res.ineqlin.marginals]
+    return -res.fun, duals[:m], dict(zip(types, duals[m:]))
+
+
+def cluster_gpus(cluster: Cluster):
+    gpus, counts = {}, {}
+    for node in cluster.nodes:
+        largest = 1 << (node.num_gpus.bit_length() - 1)
+        prev = gpus.get(node.gpu, (None, 0))[1]
+        gpus[node.gpu] = (get_gpu(node.gpu, cluster.gpus), max(prev, largest))
+        counts[node.gpu] = counts.get(node.gpu, 0) + node.num_gpus
+    return gpus, counts
+
+
+def solve_exact(
+    demands: list[Demand], cluster: Cluster, cost_model, objective: str = "throughput", time_limit_s: float = 30.0,
+    seed: int = 0, backend: str = "highs", warm_start: list[UnitChoice] | None = None,
+) -> ExactSolution:
+    """Column generation + integer master over the columns (see module docstring)."""
+    from planner.master import solve_master
+
+    start = time.perf_counter()
+    if cluster.num_gpus == 0 or not demands:
+        raise InputError("nothing to plan: the cluster has no GPUs or the workload no models")
+    gpus, counts = cluster_gpus(cluster)
+    total = sum(d.rate_rps for d in demands) or 1.0
+    w = [d.rate_rps / total if objective == "weighted" else 1.0 for d in demands]
+    cols = list(warm_start or []) + _single_columns(demands, gpus, cost_model)
+    if not cols:
+        raise InputError("no model fits on any mesh of this cluster (a model bigger than any node's memory?)")
+    seen = {(c.gpu, c.mesh_size, tuple((i, o, round(r, 9)) for i, o, r in c.members)) for c in cols}
+    bound, converged = float("inf"), False
+    while time.perf_counter() - start < 0.7 * time_limit_s:
+        lp, pi, mu = _master_lp(cols, demands, w, counts)
+        lagrange = sum((wi - p) * d.rate_rps for wi, p, d in zip(w, pi, demands)) + sum(mu[t] * counts[t] for t in counts)
+        added, slack = 0, {t: 0.0 for t in counts}
+        for t, (gpu, max_n) in gpus.items():
+            n = 1
+            while n <= max_n:
+                left = 0.7 * time_limit_s - (time.perf_counter() - start)
+                priced = _price(demands, gpu, n, cost_model, pi, min(left, 2.0)) if left > 0 else None
+                if priced is None and left <= 0:
+                    slack[t] = float("inf")
+                if priced:
+                    dual_bound, value, members = priced
+                    slack[t] = max(slack[t], (dual_bound - mu[t] * n) / n)
+                    key = (t, n, tuple((i, o, round(r, 9)) for i, o, r in members))
+                    if value - mu[t] * n > 1e-6 and members and key not in seen:
+                        seen.add(key)
+                        cols.append(UnitChoice(n, t, members))
+                        added += 1
+                n *= 2
+        bound = min(bound, lagrange + sum(counts[t] * max(0.0, slack[t]) for t in counts))
+        if not added:
+            converged = True
+            bound = min(bound, lp)
+            break
+    remaining = max(0.5, time_limit_s - (time.perf_counter() - start))
+    value, units, status = solve_master(cols, demands, w, counts, objective, backend, remaining, seed)
+    if objective in ("fairness", "min-gpus"):
+        bound_out = float("nan")  # the configuration-LP bound is for served rate, not for these objectives
+    else:
+        bound_out = max(bound, value)
+    finite = bound_out == bound_out and bound_out != float("inf")
+    gap = max(0.0, (bound_out - value) / bound_out) if finite and bound_out > 0 else (0.0 if finite else float("nan"))
+    label = status if converged else f"{status} (column generation stopped at the time limit)"
+    return ExactSolution(tuple(units), value, bound_out, gap, label, time.perf_counter() - start, len(cols))

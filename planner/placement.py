@@ -1,0 +1,142 @@
+"""From chosen units to a Plan: mesh partitions, GPU packing, plan building and the plan checker."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+from muxplan.catalog import get_gpu, get_model
+from muxplan.files import InputError
+from muxplan.schema import Cluster, PlacedModel, Plan, SolverRecord, Unit, Unserved, Workload
+from planner.estimator import SM_BUDGET_PCT, estimate_unit
+from planner.tables import Demand, Option
+from profiler.memory import reserve_bytes, usable_bytes, weight_bytes_per_gpu
+
+EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class UnitChoice:
+    """A unit before GPU ids are assigned: mesh size, GPU type and (demand index, option, routed rate) members."""
+
+    mesh_size: int
+    gpu: str
+    members: tuple[tuple[int, Option, float], ...]
+
+
+@lru_cache(maxsize=None)
+def partitions(node_size: int, largest: int | None = None) -> tuple[tuple[int, ...], ...]:
+    """Ways to cut a node into power-of-two meshes, sizes descending (8 GPUs: 10 ways)."""
+    largest = largest or 1 << (node_size.bit_length() - 1)
+    if node_size == 0:
+        return ((),)
+    out = []
+    size = largest
+    while size >= 1:
+        if size <= node_size:
+            out += [(size, *rest) for rest in partitions(node_size - size, size)]
+        size //= 2
+    return tuple(out)
+
+
+def pack_units(cluster: Cluster, units: list[UnitChoice]) -> list[tuple[int, list[int]]]:
+    """First-fit decreasing of power-of-two meshes into aligned GPU blocks of each node; (node, gpu ids) per unit."""
+    free = {i: [True] * node.num_gpus for i, node in enumerate(cluster.nodes)}
+    placed: list[tuple[int, list[int]] | None] = [None] * len(units)
+    for k in sorted(range(len(units)), key=lambda k: -units[k].mesh_size):
+        u = units[k]
+        for i, node in enumerate(cluster.nodes):
+            if node.gpu != u.gpu:
+                continue
+            starts = range(0, node.num_gpus - u.mesh_size + 1, u.mesh_size)
+            start = next((s for s in starts if all(free[i][s:s + u.mesh_size])), None)
+            if start is not None:
+                free[i][start:start + u.mesh_size] = [False] * u.mesh_size
+                placed[k] = (i, list(range(start, start + u.mesh_size)))
+                break
+        else:
+            raise InputError(f"cannot pack a {u.mesh_size}-GPU {u.gpu} mesh into the cluster's free GPUs")
+    return placed  # type: ignore[return-value]
+
+
+def inputs_digest(workload: Workload, cluster: Cluster, cost_label: str) -> str:
+    blob = json.dumps([[m.model_dump(mode="json") for m in workload.models], cluster.model_dump(mode="json"), cost_label], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_plan(
+    cluster: Cluster, demands: list[Demand], units: list[UnitChoice], solver: SolverRecord,
+    cost_label: str = "", workload_name: str = "", temporal: bool = False,
+) -> Plan:
+    """Assign GPU ids, estimate every unit with the one yardstick, and record unserved demand."""
+    overrides = cluster.gpus
+    placement = pack_units(cluster, units)
+    served = [0.0] * len(demands)
+    out_units = []
+    for uid, (u, (node, gpu_ids)) in enumerate(zip(units, placement)):
+        est = estimate_unit(get_gpu(u.gpu, overrides), [(demands[i], o, r) for i, o, r in u.members], temporal)
+        placed = []
+        for (i, o, routed), got in zip(u.members, est.served_rps):
+            d = demands[i]
+            served[i] += got
+            placed.append(PlacedModel(
+                name=d.name, model=d.ref, tp=u.mesh_size, prefill_sm_pct=o.prefill_sm_pct, decode_sm_pct=o.decode_sm_pct,
+                kv_bytes=o.kv_bytes_per_gpu, max_num_seqs=o.batch, routing_share=min(1.0, max(routed / d.rate_rps, EPS) if d.rate_rps else 1.0),
+                rate_rps=routed, predicted_rps=got,
+            ))
+        out_units.append(Unit(id=uid, node=node, gpu=u.gpu, gpu_ids=gpu_ids, models=placed, predicted_rps=est.total_rps))
+    unserved = []
+    for d, s in zip(demands, served):
+        if d.rate_rps - s > EPS * max(1.0, d.rate_rps):
+            placed_anywhere = any(demands[i].name == d.name for u in units for i, _, _ in u.members)
+            reason = "placed, but its units are saturated" if placed_anywhere else "not placed: no mesh with room left"
+            unserved.append(Unserved(name=d.name, demand_rps=d.rate_rps, served_rps=s, reason=reason))
+    return Plan(
+        workload=workload_name, cluster=cluster, cost_model=cost_label, solver=solver, units=out_units, unserved=unserved,
+        demand_rps=sum(d.rate_rps for d in demands), served_rps=sum(served), num_gpus_used=sum(u.mesh_size for u in units),
+    )
+
+
+def check_plan(plan: Plan, workload: Workload | None = None) -> list[str]:
+    """Every violated constraint, one line each: GPU ranges and disjointness, mesh shape, memory, SM, routing."""
+    problems = []
+    used: dict[tuple[int, int], int] = {}
+    shares: dict[str, float] = {}
+    names = {m.name for m in workload.models} if workload else None
+    for u in plan.units:
+        where = f"units[{u.id}]"
+        if u.node >= len(plan.cluster.nodes):
+            problems.append(f"{where}.node: {u.node} does not exist")
+            continue
+        node = plan.cluster.nodes[u.node]
+        n = len(u.gpu_ids)
+        if n & (n - 1) or len(set(u.gpu_ids)) != n:
+            problems.append(f"{where}.gpu_ids: need a power-of-two number of distinct GPUs, got {u.gpu_ids}")
+        if u.gpu != node.gpu:
+            problems.append(f"{where}.gpu: {u.gpu} but node {u.node} has {node.gpu}")
+        for g in u.gpu_ids:
+            if not 0 <= g < node.num_gpus:
+                problems.append(f"{where}.gpu_ids: GPU {g} is not on node {u.node} ({node.num_gpus} GPUs)")
+            if (u.node, g) in used:
+                problems.append(f"{where}.gpu_ids: GPU {g} of node {u.node} is also in units[{used[(u.node, g)]}]")
+            used[(u.node, g)] = u.id
+        mem = 0
+        for k, m in enumerate(u.models):
+            spec = get_model(m.model)
+            mem += weight_bytes_per_gpu(spec, m.tp) + reserve_bytes(spec, m.tp, max_num_seqs=m.max_num_seqs) + m.kv_bytes
+            if m.tp != n:
+                problems.append(f"{where}.models[{k}].tp: {m.tp} != mesh size {n}")
+            if m.decode_sm_pct > m.prefill_sm_pct:
+                problems.append(f"{where}.models[{k}]: decode SM% {m.decode_sm_pct} above prefill SM% {m.prefill_sm_pct}")
+            if names is not None and m.name not in names:
+                problems.append(f"{where}.models[{k}].name: '{m.name}' is not in the workload")
+            shares[m.name] = shares.get(m.name, 0.0) + m.routing_share
+        gpu = get_gpu(u.gpu, plan.cluster.gpus)
+        if mem > usable_bytes(gpu):
+            problems.append(f"{where}: memory {mem / 2**30:.1f} GiB > usable {usable_bytes(gpu) / 2**30:.1f} GiB per GPU")
+        sm = sum(m.decode_sm_pct for m in u.models)
+        if len(u.models) > 1 and plan.solver.method != "temporal" and sm > SM_BUDGET_PCT:
+            problems.append(f"{where}: decode SM shares {sm}% > {SM_BUDGET_PCT}%")
+    problems += [f"routing shares of '{name}' sum to {s:.3f} > 1" for name, s in shares.items() if s > 1 + 1e-4]
+    return problems

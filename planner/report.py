@@ -1,0 +1,70 @@
+"""Rich rendering of plans: units, headline, the solvers considered, and plan diffs."""
+from __future__ import annotations
+
+from rich.table import Table
+
+from muxplan.schema import Plan
+
+GIB = 2**30
+
+
+def headline(plan: Plan) -> str:
+    s = plan.solver
+    gap = f"{s.gap * 100:.2f}%" if s.gap is not None else "n/a"
+    bound = f"{s.bound:.2f}" if s.bound is not None else "n/a"
+    return (f"[bold]{s.method}[/] ({s.objective}): served {plan.served_rps:.2f} / {plan.demand_rps:.2f} req/s, "
+            f"GPUs used {plan.num_gpus_used} / {plan.cluster.num_gpus}, value {s.value:.3f}, bound {bound}, gap {gap}, "
+            f"{s.seconds:.2f} s, status {s.status}")
+
+
+def units_table(plan: Plan) -> Table:
+    table = Table(title="Units")
+    for col in ("unit", "node", "GPUs", "model", "TP", "prefill SM%", "decode SM%", "KV GiB", "quota", "rate req/s", "predicted req/s"):
+        table.add_column(col, justify="left" if col in ("model", "GPUs") else "right")
+    for u in plan.units:
+        for k, m in enumerate(u.models):
+            first = k == 0
+            table.add_row(str(u.id) if first else "", str(u.node) if first else "", ",".join(map(str, u.gpu_ids)) if first else "",
+                          m.name, str(m.tp), str(m.prefill_sm_pct), str(m.decode_sm_pct), f"{m.kv_bytes / GIB:.1f}",
+                          str(m.max_num_seqs), f"{m.rate_rps:.2f}", f"{m.predicted_rps:.2f}", end_section=k == len(u.models) - 1)
+    return table
+
+
+def unserved_table(plan: Plan) -> Table:
+    table = Table(title="Unserved demand")
+    for col in ("model", "demand req/s", "served req/s", "reason"):
+        table.add_column(col, justify="right" if "req/s" in col else "left")
+    for u in plan.unserved:
+        table.add_row(u.name, f"{u.demand_rps:.2f}", f"{u.served_rps:.2f}", u.reason)
+    return table
+
+
+def considered_table(plan: Plan) -> Table:
+    table = Table(title="Solvers considered (same estimator)")
+    for col in ("solver", "served req/s", "GPUs used", "seconds", "gap", "chosen"):
+        table.add_column(col, justify="left" if col == "solver" else "right")
+    for c in plan.considered:
+        table.add_row(c.method, f"{c.served_rps:.2f}", str(c.num_gpus_used), f"{c.seconds:.2f}",
+                      f"{c.gap * 100:.2f}%" if c.gap is not None else "-", "*" if c.chosen else "", style="bold" if c.chosen else None)
+    return table
+
+
+def diff_table(a: Plan, b: Plan) -> Table:
+    """Per model: where it runs and its routed rate / shares in each plan."""
+    def where(plan: Plan) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for u in plan.units:
+            for m in u.models:
+                out.setdefault(m.name, []).append(f"n{u.node}:{','.join(map(str, u.gpu_ids))} sm{m.decode_sm_pct} {m.rate_rps:.2f}r/s")
+        return out
+
+    wa, wb = where(a), where(b)
+    table = Table(title="Plan diff (node:GPUs decode-SM% routed rate)")
+    for col in ("model", "a", "b", "change"):
+        table.add_column(col)
+    for name in sorted(set(wa) | set(wb)):
+        ra, rb = wa.get(name, []), wb.get(name, [])
+        if ra != rb:
+            moved = {x.split()[0] for x in ra} != {x.split()[0] for x in rb}
+            table.add_row(name, "; ".join(ra) or "-", "; ".join(rb) or "-", "moved" if moved else "shares changed")
+    return table

@@ -1,0 +1,68 @@
+"""One entry point for every solver: demands + cluster + cost model -> Plan (with the others compared)."""
+from __future__ import annotations
+
+import time
+
+from muxplan.files import InputError
+from muxplan.schema import Cluster, Considered, Plan, SolverRecord, Workload
+from planner.placement import build_plan, inputs_digest
+from planner.tables import demands_from_workload
+
+SOLVERS = ("exact", "greedy", "spatial", "temporal")
+OBJECTIVES = ("throughput", "weighted", "fairness", "min-gpus")
+
+
+def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, cost_label: str = "", objective: str = "throughput",
+               time_limit_s: float = 30.0, seed: int = 0, backend: str = "highs", greedy_units=None) -> Plan:
+    from planner.baselines import place_spatial
+    from planner.exact import solve_exact
+    from planner.greedy import place_greedy
+
+    if method not in SOLVERS:
+        raise InputError(f"--solver: '{method}' is not one of {', '.join(SOLVERS)}")
+    if objective not in OBJECTIVES:
+        raise InputError(f"--objective: '{objective}' is not one of {', '.join(OBJECTIVES)}")
+    if cluster.num_gpus == 0:
+        raise InputError("cluster: no GPUs")
+    demands = demands_from_workload(workload)
+    start = time.perf_counter()
+    value = bound = gap = None
+    status = "heuristic"
+    if method == "exact":
+        warm = greedy_units if greedy_units is not None else place_greedy(demands, cluster, cost_model, time_limit_s / 3)
+        sol = solve_exact(demands, cluster, cost_model, objective, time_limit_s, seed, backend, warm)
+        units, value, status = list(sol.units), sol.value, sol.status
+        bound = None if sol.bound != sol.bound or sol.bound == float("inf") else sol.bound
+        gap = None if sol.gap != sol.gap else sol.gap
+    elif method == "spatial":
+        units = place_spatial(demands, cluster, cost_model)
+    else:
+        units = greedy_units if greedy_units is not None and method == "greedy" else place_greedy(demands, cluster, cost_model, time_limit_s, temporal=method == "temporal")
+    seconds = time.perf_counter() - start
+    if not units:
+        raise InputError("no model fits on any mesh of this cluster (is a model bigger than any node's memory?)")
+    record = SolverRecord(method=method, objective=objective, value=0.0, bound=bound, gap=gap, status=status, seconds=seconds,
+                          seed=seed, time_limit_s=time_limit_s, inputs_digest=inputs_digest(workload, cluster, cost_label))
+    plan = build_plan(cluster, demands, units, record, cost_label, workload.name, temporal=method == "temporal")
+    final_value = value if value is not None else plan.served_rps
+    return plan.model_copy(update={"solver": record.model_copy(update={"value": final_value})})
+
+
+def solve_and_compare(chosen: str, workload: Workload, cluster: Cluster, cost_model, cost_label: str = "", objective: str = "throughput",
+                      time_limit_s: float = 30.0, seed: int = 0, backend: str = "highs", compare: bool = True) -> Plan:
+    """The chosen solver's plan, with a 'considered' table of every solver judged by the same estimator."""
+    from planner.greedy import place_greedy
+
+    demands = demands_from_workload(workload)
+    start = time.perf_counter()
+    greedy_units = place_greedy(demands, cluster, cost_model, time_limit_s / 3) if chosen in ("exact", "greedy") or compare else None
+    greedy_s = time.perf_counter() - start
+    methods = SOLVERS if compare else (chosen,)
+    plans = {m: run_solver(m, workload, cluster, cost_model, cost_label, objective if m == "exact" else "throughput",
+                           time_limit_s, seed, backend, greedy_units) for m in methods}
+    if "greedy" in plans:  # its units were computed once above and shared as the exact warm start
+        g = plans["greedy"]
+        plans["greedy"] = g.model_copy(update={"solver": g.solver.model_copy(update={"seconds": greedy_s})})
+    considered = [Considered(method=m, value=p.solver.value, served_rps=p.served_rps, num_gpus_used=p.num_gpus_used,
+                             seconds=p.solver.seconds, gap=p.solver.gap, chosen=m == chosen) for m, p in plans.items()]
+    return plans[chosen].model_copy(update={"considered": considered})

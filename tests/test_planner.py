@@ -1,0 +1,143 @@
+import itertools
+import json
+
+import pytest
+
+from muxplan.catalog import get_gpu, get_model
+from muxplan.cluster import load_cluster
+from muxplan.files import InputError, load_contract
+from muxplan.schema import Plan, SolverRecord
+from muxplan.workload import load_workload, parse_model_counts, synthesize
+from planner.estimator import estimate_unit, served_rates
+from planner.exact import solve_exact
+from planner.greedy import place_greedy
+from planner.placement import UnitChoice, build_plan, check_plan, partitions
+from planner.solve import run_solver
+from planner.tables import Demand, Option, demands_from_workload, model_options
+from profiler.cost_model import load_cost_model
+from tests.helpers import ROOT, run_cli
+
+CM = load_cost_model()
+
+
+def opt(p, d, sm=30, batch=8, kv=0):
+    return Option(1, sm, 100, batch, p, d, kv, 0, 0)
+
+
+def test_partitions_of_a_node():
+    assert len(partitions(8)) == 10
+    assert partitions(4) == ((4,), (2, 2), (2, 1, 1), (1, 1, 1, 1))
+
+
+def test_estimator_closed_form_and_lp():
+    # all demand fits: served = routed
+    assert served_rates([opt(0.1, 0.2), opt(0.1, 0.2)], [1.0, 1.0]) == [1.0, 1.0]
+    # one model alone, overloaded: x (p + d) <= 1 -> x = 1 / 0.5
+    assert served_rates([opt(0.1, 0.4)], [5.0]) == pytest.approx([2.0])
+    # two models: max x1 + x2 s.t. 0.5 x1 + 0.1 (x1 + x2) <= 1, 0.5 x2 + 0.1 (x1 + x2) <= 1 -> x = 1/0.7 each
+    assert served_rates([opt(0.1, 0.5), opt(0.1, 0.5)], [5.0, 5.0]) == pytest.approx([1 / 0.7, 1 / 0.7])
+    # temporal: prefill and decode of everyone serialised: (0.6) (x1 + x2) <= 1
+    assert sum(served_rates([opt(0.1, 0.5), opt(0.1, 0.5)], [5.0, 5.0], temporal=True)) == pytest.approx(1 / 0.6)
+
+
+def test_estimator_rejects_memory_and_sm_overflow():
+    gpu = get_gpu("A100-80GB")
+    d = Demand("a", "llama-7b", get_model("llama-7b"), 1.0, 100, 100)
+    est = estimate_unit(gpu, [(d, opt(0.1, 0.1, sm=90), 1.0), (d, opt(0.1, 0.1, sm=40), 1.0)])
+    assert est.problems == ("decode SM shares 130% > 120%",)
+    big = Option(1, 30, 100, 8, 0.1, 0.1, 200 * 2**30, 0, 0)
+    assert "memory 200.0 GiB > usable" in estimate_unit(gpu, [(d, big, 1.0)]).problems[0]
+
+
+def tiny_instance(rates=(6.0, 3.0, 1.0), models=("llama-7b", "llama-7b", "llama-13b"), cluster="1x2xA100-80GB"):
+    w = synthesize([(m, 1) for m in models][:1] and parse_model_counts(",".join(f"{m}:1" for m in models)) if len(set(models)) == len(models)
+                   else parse_model_counts(f"{models[0]}:{models.count(models[0])},{models[-1]}:1"), 1.0, 1.0, materialise=False)
+    w = w.model_copy(update={"models": [m.model_copy(update={"rate_rps": r}) for m, r in zip(w.models, rates)]})
+    return w, load_cluster(cluster)
+
+
+def brute_force(demands, cluster, cm):
+    """Every assignment of models to the meshes of every partition, best options by the estimator (single-replica)."""
+    gpu = get_gpu(cluster.nodes[0].gpu)
+    best = 0.0
+    for part in partitions(cluster.nodes[0].num_gpus):
+        for assign in itertools.product(range(len(part) + 1), repeat=len(demands)):
+            total = 0.0
+            for k, n in enumerate(part):
+                members = [i for i, a in enumerate(assign) if a == k + 1]
+                if not members:
+                    continue
+                choices = [[o for o in model_options(demands[i], gpu, n, cm) if o.decode_sm_pct < 100 or len(members) == 1] for i in members]
+                unit_best = 0.0
+                for combo in itertools.product(*choices):
+                    est = estimate_unit(gpu, [(demands[i], o, demands[i].rate_rps) for i, o in zip(members, combo)])
+                    unit_best = max(unit_best, est.total_rps if est.feasible else 0.0)
+                total += unit_best
+            best = max(best, total)
+    return best
+
+
+def test_exact_matches_brute_force_and_backends_agree():
+    w, cluster = tiny_instance(rates=(30.0, 20.0))
+    w = w.model_copy(update={"models": w.models[:2]})
+    demands = demands_from_workload(w)
+    expected = brute_force(demands, cluster, CM)
+    values = {}
+    for backend in ("highs", "cbc", "cpsat"):
+        sol = solve_exact(demands, cluster, CM, time_limit_s=30, backend=backend)
+        assert sol.bound >= sol.value - 1e-6
+        values[backend] = sol.value
+        plan = build_plan(cluster, demands, list(sol.units), SolverRecord(method="exact", objective="throughput", value=sol.value))
+        assert check_plan(plan, w) == []
+        assert plan.served_rps == pytest.approx(sol.value, rel=0.01)  # estimator agrees with the objective
+    # replication may beat the single-replica brute force, never lose to it
+    assert values["highs"] >= expected - 1e-6
+    assert values["cpsat"] == pytest.approx(values["highs"], rel=2e-3)
+    assert values["cbc"] == pytest.approx(values["highs"], rel=1e-4)
+
+
+def test_exact_beats_or_ties_greedy_and_every_plan_checks():
+    w = synthesize(parse_model_counts("llama-7b:3,llama-13b:2,llama-30b:1"), 0.9, 30.0, materialise=False)
+    cluster = load_cluster("1x8xA100-80GB")
+    plans = {m: run_solver(m, w, cluster, CM, time_limit_s=20) for m in ("exact", "greedy", "spatial", "temporal")}
+    for plan in plans.values():
+        assert check_plan(plan, w) == []
+        if plan.unserved:  # no GPU idle while demand is unserved
+            assert plan.num_gpus_used == cluster.num_gpus
+    assert plans["exact"].served_rps >= plans["greedy"].served_rps - 1e-6
+    assert plans["exact"].solver.gap is not None and plans["exact"].solver.bound >= plans["exact"].served_rps - 1e-6
+
+
+def test_check_plan_catches_violations(tmp_path):
+    w = synthesize(parse_model_counts("llama-7b:2"), 1.0, 2.0, materialise=False)
+    plan = run_solver("spatial", w, load_cluster("1x2xA100-80GB"), CM)
+    u = plan.units[0]
+    bad = plan.model_copy(update={"units": [u, u.model_copy(update={"id": 1})]})
+    problems = check_plan(bad, w)
+    assert f"units[1].gpu_ids: GPU {u.gpu_ids[0]} of node 0 is also in units[0]" in problems
+    assert any("routing shares of 'llama-7b-0' sum to" in p or "routing shares of 'llama-7b-1' sum to" in p for p in problems)
+    huge = plan.model_copy(update={"units": [u.model_copy(update={"models": [u.models[0].model_copy(update={"kv_bytes": 90 * 2**30})]})]})
+    assert "memory" in check_plan(huge, w)[0]
+
+
+def test_infeasible_inputs_exit_2(tmp_path):
+    w = synthesize(parse_model_counts("llama-65b:1"), 1.0, 1.0, materialise=False)
+    from muxplan.files import save_contract
+
+    save_contract(tmp_path / "w.json", w)
+    proc = run_cli("solve", "--workload", tmp_path / "w.json", "--cluster", "1x1xL4", "--solver", "greedy")
+    assert proc.returncode == 2 and "no model fits on any mesh" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_solve_show_diff(tmp_path):
+    out_a, out_b = tmp_path / "a.json", tmp_path / "b.json"
+    proc = run_cli("solve", "--workload", ROOT / "examples/small/workload.yaml", "--cluster", ROOT / "examples/small/cluster.yaml",
+                   "--time-limit", "10", "--out", out_a, "--json", check=True)
+    summary = json.loads(proc.stdout)
+    plan = load_contract(out_a, Plan)
+    assert summary["solver"] == "exact" and summary["served_rps"] == pytest.approx(plan.served_rps)
+    assert [c["method"] for c in summary["considered"]] == ["exact", "greedy", "spatial", "temporal"]
+    run_cli("solve", "--workload", ROOT / "examples/small/workload.yaml", "--cluster", "1x4xA100-80GB", "--solver", "spatial",
+            "--no-compare", "--out", out_b, check=True)
+    assert "constraints: all satisfied" in run_cli("plan", "show", out_a, check=True).stdout
+    assert "Plan diff" in run_cli("plan", "diff", out_a, out_b, check=True).stdout
