@@ -149,3 +149,14 @@ def test_rank_plans_prefers_the_plan_that_meets_more_slos():
     ranked = rank_plans([one_gpu, two_gpus], wl, ToyCost(), slo_scale=5.0)
     assert [v.index for v in ranked] == [1, 0]
     assert [v.summary.overall.slo_attainment for v in ranked] == [0.225, 0.0]
+
+
+def test_temporal_runs_one_job_at_a_time_prefills_first_then_decodes_round_robin():
+    plan = make_plan([[placed("a", 10 * GIB, 60, 40), placed("b", 10 * GIB, 60, 40)]])
+    wl = make_workload(["a", "b"], [(0.0, "a", 100, 3), (0.001, "b", 100, 3), (0.015, "a", 100, 2)])
+    result = simulate_plan(plan, wl, ToyCost(), policy="temporal", log_events=True)
+    # full SMs: prefill 11 ms, decode step 5.5 ms (batch 1) / 6 ms (batch 2); never two jobs at once
+    assert _log(result) == [
+        (0, "a", "prefill", 1), (11000, "b", "prefill", 1), (22000, "a", "prefill", 1),
+        (33000, "a", "decode", 2), (39000, "b", "decode", 1), (44500, "a", "decode", 1), (50000, "b", "decode", 1),
+    ]

@@ -54,3 +54,21 @@ def test_simulate_bad_input_names_the_field(tmp_path):
     assert "Traceback" not in proc.stderr
     proc = _run(str(plan), "--workload", str(workload), "--policy", "lifo")
     assert proc.returncode == 2 and "policy: unknown 'lifo'" in proc.stderr
+
+
+def test_solve_evaluate_sim_picks_the_best_simulated_plan(tmp_path):
+    small = ROOT / "examples" / "small"
+    cmd = [sys.executable, "-m", "muxplan", "solve", "--workload", str(small / "workload.yaml"), "--cluster", str(small / "cluster.yaml"),
+           "--evaluate", "sim", "--time-limit", "5", "--json", "--out", str(tmp_path / "plan.json")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    sims = data["simulated"]
+    assert [s["solver"] for s in sims] == ["exact", "greedy", "spatial", "temporal"]
+    assert next(s["policy"] for s in sims if s["solver"] == "temporal") == "temporal"
+    best = max(sims, key=lambda s: (round(s["slo_attainment"], 4), s["throughput_rps"]))
+    assert data["solver"] == best["solver"]
+    assert [c["method"] for c in data["considered"] if c["chosen"]] == [best["solver"]]
+    assert json.loads((tmp_path / "plan.json").read_text())["solver"]["method"] == best["solver"]
+    bad = subprocess.run(cmd[:-5] + ["--evaluate", "vibes"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--evaluate: 'vibes' is not none or sim" in bad.stderr

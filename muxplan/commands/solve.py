@@ -21,10 +21,12 @@ def solve(
     compare: Annotated[bool, typer.Option(help="Also run the other solvers for the 'considered' table.")] = True,
     out: Annotated[Optional[Path], typer.Option(help="Where to write plan.json.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+    evaluate: Annotated[str, typer.Option(help="Pick the plan by: none (the --solver's) or sim (every solver, best simulated SLO attainment then throughput).")] = "none",
+    slo_scale: Annotated[Optional[float], typer.Option(help="SLO scale for --evaluate sim (default: the workload's).")] = None,
 ) -> None:
     """Compute a placement plan for a workload on a cluster."""
     from muxplan.cluster import load_cluster
-    from muxplan.files import save_contract
+    from muxplan.files import InputError, save_contract
     from muxplan.render import console
     from muxplan.workload import load_workload
     from planner.placement import check_plan
@@ -35,7 +37,21 @@ def solve(
     w, c = load_workload(workload), load_cluster(cluster)
     cost_model = load_cost_model(profile, params)
     label = str(profile) if profile else (f"roofline:{params}" if params else "roofline:shipped")
-    plan = solve_and_compare(solver, w, c, cost_model, label, objective, time_limit, seed, backend, compare)
+    if evaluate not in ("none", "sim"):
+        raise InputError(f"--evaluate: '{evaluate}' is not none or sim")
+    verdicts = None
+    if evaluate == "sim":
+        from muxplan.schema import Considered
+        from planner.sim.evaluate import choose_by_simulation
+        from planner.solve import SOLVERS
+
+        plans = {m: solve_and_compare(m, w, c, cost_model, label, objective, time_limit, seed, backend, compare=False) for m in SOLVERS}
+        solver, verdicts = choose_by_simulation(plans, w, cost_model, slo_scale, seed)
+        considered = [Considered(method=m, value=p.solver.value, served_rps=p.served_rps, num_gpus_used=p.num_gpus_used,
+                                 seconds=p.solver.seconds, gap=p.solver.gap, chosen=m == solver) for m, p in plans.items()]
+        plan = plans[solver].model_copy(update={"considered": considered})
+    else:
+        plan = solve_and_compare(solver, w, c, cost_model, label, objective, time_limit, seed, backend, compare)
     problems = check_plan(plan, w)
     if problems:
         raise RuntimeError("internal error: the plan violates constraints: " + "; ".join(problems))
@@ -50,7 +66,9 @@ def solve(
         typer.echo(json.dumps({"solver": s.method, "objective": s.objective, "value": s.value, "bound": s.bound, "gap": s.gap,
                                "status": s.status, "seconds": s.seconds, "num_gpus_used": plan.num_gpus_used,
                                "served_rps": plan.served_rps, "demand_rps": plan.demand_rps, "served_rps_per_model": per_model,
-                               "considered": [x.model_dump() for x in plan.considered]}, indent=1))
+                               "considered": [x.model_dump() for x in plan.considered],
+                               "simulated": [{"solver": m, "policy": p, "throughput_rps": v.overall.throughput_rps,
+                                              "slo_attainment": v.overall.slo_attainment} for m, p, v in verdicts or []]}, indent=1))
         return
     con = console()
     con.print(units_table(plan))
@@ -58,6 +76,10 @@ def solve(
         con.print(unserved_table(plan))
     if plan.considered:
         con.print(considered_table(plan))
+    if verdicts:
+        from planner.sim.render import evaluation_table
+
+        con.print(evaluation_table(verdicts, solver))
     con.print(headline(plan))
     if out:
         con.print(f"wrote {out}")

@@ -5,8 +5,9 @@
   ADBS; no round-robin, no holding decodes back for a waiting prefill, no quota adaptation.
 - ``round-robin``: one round-robin over models, each taking its prefill then its decode if they fit;
   static quotas proportional to rate x KV bytes per token.
-- ``temporal``: one job per unit at a time on all SMs; the model with the oldest outstanding request goes
-  next (its prefill if it has queued prompts, else a decode step); one shared KV pool.
+- ``temporal``: one job per unit at a time on all SMs; prefills first, in arrival order of the models'
+  queue heads; otherwise one decode step of the next model round-robin (granting whole decodes FCFS
+  would starve every other model for a full generation); one shared KV pool.
 - ``spatial``: ``temporal`` on a plan that gives every model its own GPUs (vLLM-like: prefill first).
 """
 from __future__ import annotations
@@ -67,12 +68,16 @@ class Temporal(Policy):
         if unit.num_jobs:
             return
         book = unit.book
-        order = sorted(unit.slots, key=lambda s: (s.oldest_arrival(book), s.spec.index))
-        for slot in order:
-            if slot.queue and unit.head_fits(slot):
+        waiting = sorted((book.arrival_s[s.queue[0]], s.spec.index, s) for s in unit.slots if s.queue)
+        for _, _, slot in waiting:
+            if unit.head_fits(slot):
                 unit.start_prefill(slot, now, 100, FULL_PARTS)
                 return
+        slots, k = unit.slots, len(unit.slots)
+        for i in range(k):
+            slot = slots[(unit.rr_decode + 1 + i) % k]
             if (slot.running or slot.pending) and unit.start_decode(slot, now, 100, FULL_PARTS):
+                unit.rr_decode = slot.spec.index
                 return
 
 

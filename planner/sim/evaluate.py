@@ -26,3 +26,24 @@ def rank_plans(plans: list[Plan], workload: Workload, cost: CostModel, policy: s
     table = build_request_table(workload) if table is None else table
     verdicts = [Verdict(i, summarize(run_table(p, workload, table, cost, policy, seed=seed), workload, slo_scale)) for i, p in enumerate(plans)]
     return sorted(verdicts, key=lambda v: (-v.key[0], -v.key[1], v.index))
+
+
+def policy_for(method: str, plan: Plan) -> str:
+    """The policy a solver's plan is meant to run under."""
+    if method == "temporal":
+        return "temporal"
+    if method == "spatial" and all(len(u.models) == 1 for u in plan.units):
+        return "spatial"
+    return "adbs"
+
+
+def choose_by_simulation(plans: dict[str, Plan], workload: Workload, cost: CostModel, slo_scale: float | None = None,
+                         seed: int = 0) -> tuple[str, list[tuple[str, str, Summary]]]:
+    """The method whose plan simulates best (SLO attainment, then throughput), and every (method, policy, summary)."""
+    table = build_request_table(workload)
+    rows = []
+    for method, plan in plans.items():
+        policy = policy_for(method, plan)
+        rows.append((method, policy, summarize(run_table(plan, workload, table, cost, policy, seed=seed), workload, slo_scale)))
+    best = min(range(len(rows)), key=lambda i: (-round(rows[i][2].overall.slo_attainment, 4), -rows[i][2].overall.throughput_rps, i))
+    return rows[best][0], rows

@@ -54,3 +54,14 @@ def attainment_table(curves: dict[str, tuple[list[float], list[float]]]) -> Tabl
 def progress_bar(console=None) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn(),
                     console=console, transient=True)
+
+
+def evaluation_table(rows: list[tuple[str, str, Summary]], chosen: str) -> Table:
+    """Candidate plans judged by simulation (for `muxplan solve --evaluate sim`)."""
+    table = Table(title=f"Plans judged by simulation (SLO scale {rows[0][2].slo_scale:g})" if rows else "Plans judged by simulation")
+    for col in ("solver", "policy", "req/s", "SLO %", "TTFT p99 ms", "TPOT p99 ms", "dropped", "chosen"):
+        table.add_column(col, justify="left" if col in ("solver", "policy") else "right")
+    for method, policy, s in rows:
+        table.add_row(method, policy, f"{s.overall.throughput_rps:.2f}", f"{100 * s.overall.slo_attainment:.1f}",
+                      _ms(s.overall.ttft_ms)[2], _ms(s.overall.tpot_ms)[2], str(s.overall.num_dropped), "*" if method == chosen else "")
+    return table
