@@ -105,3 +105,10 @@ def test_bad_profiles_name_file_and_field(tmp_path):
     save_contract(bad, tiny_profile())
     proc = run_cli("profile", "check", "--reference", bad, "--gpu", "H100-SXM")
     assert proc.returncode == 2 and f"{bad}: gpu: profile is for 'A100-80GB', not 'H100-SXM'" in proc.stderr
+
+
+def test_profile_show_renders_tables_and_plot(tmp_path):
+    save_contract(tmp_path / "p.json", tiny_profile())
+    proc = run_cli("profile", "show", tmp_path / "p.json", "--plot", tmp_path / "p.png", check=True)
+    assert "tp=1, sm=50%" in proc.stdout and "24.00" in proc.stdout and "decode ms" in proc.stdout
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
