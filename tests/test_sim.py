@@ -160,3 +160,17 @@ def test_temporal_runs_one_job_at_a_time_prefills_first_then_decodes_round_robin
         (0, "a", "prefill", 1), (11000, "b", "prefill", 1), (22000, "a", "prefill", 1),
         (33000, "a", "decode", 2), (39000, "b", "decode", 1), (44500, "a", "decode", 1), (50000, "b", "decode", 1),
     ]
+
+
+def test_max_rate_scale_brackets_then_bisects_to_the_overlap_threshold():
+    from planner.sim.capacity import max_rate_scale
+    from planner.sim.trace import build_request_table
+
+    plan = make_plan([[placed("a", 10 * GIB)]])
+    wl = make_workload(["a"], [(0.0, "a", 100, 6), (1.0, "a", 100, 6)])
+    # alone each takes 11 + 5 x 5.5 = 38.5 ms; at SLO scale 1 both meet it only while the second arrives
+    # after the first finished: gap 1/x >= 38.5 ms, i.e. x <= 25.97
+    cap = max_rate_scale(plan, wl, build_request_table(wl), ToyCost(), slo_scale=1.0, max_scale=64.0, steps=6)
+    assert 1 / 0.0385 / 2 ** (1 / 64) <= cap.rate_scale <= 1 / 0.0385
+    assert [p.rate_scale for p in cap.probes][:6] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0] and len(cap.probes) == 12
+    assert cap.rate_rps == pytest.approx(cap.rate_scale * 2.0)  # 2 requests over 1 s
