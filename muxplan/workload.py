@@ -21,7 +21,7 @@ from muxplan.catalog import get_model, model_catalog, num_params
 from muxplan.files import InputError, load_trace, parse_contract, read_mapping
 from muxplan.schema import Arrivals, LengthDist, Slo, Trace, TraceRow, Workload, WorkloadModel
 
-MAX_REQUESTS = 20_000_000
+MAX_REQUESTS = 2_000_000
 """A spec expecting more requests than this is refused (it would not fit in memory as rows)."""
 MAX_TOKENS = 1 << 20
 """Largest prompt/output length accepted in a length distribution."""
@@ -197,19 +197,24 @@ def workload_from_trace(trace: Trace, slo: Slo = Slo(), name: str = "trace", whe
     the trace's aggregate inter-arrival CV as a gamma fit (used only if the requests are dropped).
     """
     rows = trace.requests
+    where = where or trace.source or "trace"
+    if not rows:
+        raise InputError(f"{where}: {rows_field}: no requests")
     arrival = np.fromiter((r.arrival_s for r in rows), dtype=np.float64, count=len(rows))
     prompt = np.fromiter((r.prompt_tokens for r in rows), dtype=np.int64, count=len(rows))
     output = np.fromiter((r.output_tokens for r in rows), dtype=np.int64, count=len(rows))
     names = sorted({r.model for r in rows}, key=natural_key)
     index = {n: i for i, n in enumerate(names)}
     model = np.fromiter((index[r.model] for r in rows), dtype=np.int64, count=len(rows))
+    if not np.isfinite(arrival).all():
+        raise InputError(f"{where}: {rows_field}[{int(np.argmin(np.isfinite(arrival)))}].arrival_s: must be finite")
     duration_s = max(float(arrival.max()), 1e-6)
     models = []
     for i, served in enumerate(names):
         try:
             ref = catalog_ref(served)
         except InputError as exc:
-            raise InputError(f"{where or trace.source}: {rows_field}[{int(np.argmax(model == i))}].model: {exc}") from None
+            raise InputError(f"{where}: {rows_field}[{int(np.argmax(model == i))}].model: {exc}") from None
         mine = model == i
         models.append(WorkloadModel(name=served, model=ref, rate_rps=float(mine.sum()) / duration_s, slo=slo,
                                     prompt_tokens=empirical(prompt[mine]), output_tokens=empirical(output[mine])))

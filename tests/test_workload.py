@@ -171,3 +171,13 @@ def test_bundled_examples_load():
     assert load_cluster(ROOT / "examples/small/cluster.yaml").num_gpus == 4
     small = load_workload(ROOT / "examples/small/workload.yaml")
     assert len(small.models) == 5 and len({m.model for m in small.models}) == 5
+
+
+@pytest.mark.parametrize("example", ["paper19", "small"])
+def test_bundled_workloads_are_what_their_readme_command_makes(tmp_path, example):
+    readme = (ROOT / "examples" / example / "README.md").read_text()
+    command = readme.split("`muxplan ")[-1].split("`")[0].split()
+    out = tmp_path / "w.yaml"
+    run_cli(*command[:-1], out, check=True)
+    made, bundled = load_workload(out), load_workload(ROOT / "examples" / example / "workload.yaml")
+    assert made.model_copy(update={"source": ""}) == bundled.model_copy(update={"source": ""})
