@@ -86,8 +86,11 @@ def _price(demands, gpu, n, cost_model, pi, time_limit_s):
             if o.decode_sm_pct < 100 and o.mem_bytes <= usable_bytes(gpu):
                 opts[i, k] = o
                 ys[i, k] = h.addBinary()
-                xs[i, k] = h.addVariable(lb=0, ub=demands[i].rate_rps)
-                h.addConstr(xs[i, k] - demands[i].rate_rps * ys[i, k] <= 0)
+                # a model never serves more than its demand, nor more than its option allows alone on the
+                # unit: u = min(r, 1 / (p + d)); the tighter big-M keeps the relaxation and the dual bound tight
+                cap = min(demands[i].rate_rps, o.max_rps)
+                xs[i, k] = h.addVariable(lb=0, ub=cap)
+                h.addConstr(xs[i, k] - cap * ys[i, k] <= 0)
     if not opts:
         return None
     for i in cand:
@@ -103,9 +106,11 @@ def _price(demands, gpu, n, cost_model, pi, time_limit_s):
             h.addConstr(sum(opts[key].decode_s_per_req * xs[key] for key in mine) + prefill <= 1)
     h.maximize(sum(pi[key[0]] * xs[key] for key in opts))
     info = h.getInfo()
-    bound = info.mip_dual_bound if info.mip_dual_bound == info.mip_dual_bound else h.getObjectiveValue()
+    bound = info.mip_dual_bound if info.mip_dual_bound == info.mip_dual_bound else float("inf")
+    if info.primal_solution_status != 2:  # no feasible solution within the time limit
+        return bound, float("-inf"), ()
     members = tuple((i, opts[i, k], h.val(xs[i, k])) for (i, k) in opts if h.val(ys[i, k]) > 0.5 and h.val(xs[i, k]) > TOL)
-    return min(bound, 1e18), h.getObjectiveValue(), members
+    return bound, h.getObjectiveValue(), members
 
 
 def _single_columns(demands, gpus, cost_model):
@@ -142,6 +147,57 @@ def _master_lp(cols, demands, w, gpu_counts):
     return -res.fun, duals[:m], dict(zip(types, duals[m:]))
 
 
+def _twins(demands: list[Demand]) -> dict[int, list[int]]:
+    """Models with the same architecture and mean lengths: their option tables are identical."""
+    groups: dict[tuple, list[int]] = {}
+    for i, d in enumerate(demands):
+        groups.setdefault((d.spec.name, round(d.mean_prompt_tokens), round(d.mean_output_tokens)), []).append(i)
+    return {i: g for g in groups.values() for i in g}
+
+
+def _clones(demands, col: UnitChoice, pi, mu_t: float) -> list[UnitChoice]:
+    """The column with one member swapped for an interchangeable model (DESIGN §4: clone found
+    configurations): still feasible with x = min(x_i, r_j), kept when its reduced cost is positive."""
+    twins = _twins(demands)
+    inside = {i for i, _, _ in col.members}
+    out = []
+    for k, (i, o, x) in enumerate(col.members):
+        for j in twins[i]:
+            if j in inside:
+                continue
+            members = list(col.members)
+            members[k] = (j, o, min(x, demands[j].rate_rps))
+            rc = sum(pi[m] * r for m, _, r in members) - mu_t * col.mesh_size
+            if rc > 1e-6:
+                out.append(UnitChoice(col.mesh_size, col.gpu, tuple(members)))
+    return out
+
+
+def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, time_limit_s, seen):
+    """New columns with positive reduced cost, and per GPU type the best proven reduced cost per GPU."""
+    new_cols, slack = [], {t: 0.0 for t in gpus}
+    for t, (gpu, max_n) in gpus.items():
+        n = 1
+        while n <= max_n:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                slack[t] = float("inf")  # not priced: no bound from this round
+                break
+            priced = _price(demands, gpu, n, cost_model, pi, min(left, max(0.25, time_limit_s / 20)))
+            if priced:
+                dual_bound, value, members = priced
+                slack[t] = max(slack[t], (dual_bound - mu[t] * n) / n)
+                key = (t, n, tuple((i, o, round(r, 9)) for i, o, r in members))
+                if members and value - mu[t] * n > 1e-6 and key not in seen:
+                    for col in (UnitChoice(n, t, members), *_clones(demands, UnitChoice(n, t, members), pi, mu[t])):
+                        ckey = (t, n, tuple((i, o, round(r, 9)) for i, o, r in col.members))
+                        if ckey not in seen:
+                            seen.add(ckey)
+                            new_cols.append(col)
+            n *= 2
+    return new_cols, slack
+
+
 def cluster_gpus(cluster: Cluster):
     gpus, counts = {}, {}
     for node in cluster.nodes:
@@ -169,31 +225,18 @@ def solve_exact(
     if not cols:
         raise InputError("no model fits on any mesh of this cluster (a model bigger than any node's memory?)")
     seen = {(c.gpu, c.mesh_size, tuple((i, o, round(r, 9)) for i, o, r in c.members)) for c in cols}
-    bound, converged = float("inf"), False
-    while time.perf_counter() - start < 0.7 * time_limit_s:
+    bound, converged = sum(wi * d.rate_rps for wi, d in zip(w, demands)), False  # serving all demand
+    deadline = start + 0.7 * time_limit_s
+    while time.perf_counter() < deadline:
         lp, pi, mu = _master_lp(cols, demands, w, counts)
-        lagrange = sum((wi - p) * d.rate_rps for wi, p, d in zip(w, pi, demands)) + sum(mu[t] * counts[t] for t in counts)
-        added, slack = 0, {t: 0.0 for t in counts}
-        for t, (gpu, max_n) in gpus.items():
-            n = 1
-            while n <= max_n:
-                left = 0.7 * time_limit_s - (time.perf_counter() - start)
-                priced = _price(demands, gpu, n, cost_model, pi, min(left, 2.0)) if left > 0 else None
-                if priced is None and left <= 0:
-                    slack[t] = float("inf")
-                if priced:
-                    dual_bound, value, members = priced
-                    slack[t] = max(slack[t], (dual_bound - mu[t] * n) / n)
-                    key = (t, n, tuple((i, o, round(r, 9)) for i, o, r in members))
-                    if value - mu[t] * n > 1e-6 and members and key not in seen:
-                        seen.add(key)
-                        cols.append(UnitChoice(n, t, members))
-                        added += 1
-                n *= 2
+        lagrange = sum(max(0.0, wi - p) * d.rate_rps for wi, p, d in zip(w, pi, demands)) + sum(mu[t] * counts[t] for t in counts)
+        new_cols, slack = _pricing_round(demands, gpus, cost_model, pi, mu, deadline, time_limit_s, seen)
+        cols += new_cols
         bound = min(bound, lagrange + sum(counts[t] * max(0.0, slack[t]) for t in counts))
-        if not added:
-            converged = True
-            bound = min(bound, lp)
+        if not new_cols:
+            # the restricted LP is the full LP's optimum only when every pricing problem was proven
+            converged = max(slack.values()) <= 1e-6
+            bound = min(bound, lp) if converged else bound
             break
     remaining = max(0.5, time_limit_s - (time.perf_counter() - start))
     value, units, status = solve_master(cols, demands, w, counts, objective, backend, remaining, seed)
