@@ -1,12 +1,46 @@
 """`muxplan deploy` and `muxplan status`."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
 
-def deploy() -> None:
+import typer
+
+from muxplan.files import InputError
+
+
+def deploy(
+    plan: Annotated[Path, typer.Argument(help="plan.json from `muxplan solve`.")],
+    backend: Annotated[str, typer.Option(help="vllm or engine.")] = "vllm",
+    dry_run: Annotated[bool, typer.Option(help="Print every process's environment and command, start nothing.")] = False,
+    host: Annotated[str, typer.Option(help="Address the front door and backends bind to.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Front-door port; backends take the ports after it.")] = 8000,
+    state_dir: Annotated[Path, typer.Option(help="Logs, MPS pipes and the deployment state file.")] = Path(".muxplan"),
+    gpu: Annotated[bool, typer.Option(help="Target GPU hosts (MPS, device UUIDs) even when planning on a CPU machine.")] = False,
+) -> None:
     """Start the serving processes of a plan behind one OpenAI-compatible endpoint."""
-    raise NotImplementedError("muxplan deploy is being built (issue 7)")
+    import shutil
+
+    from muxplan.files import load_contract
+    from muxplan.schema import Plan
+
+    from executor.launcher import build_processes, shell_script
+
+    loaded = load_contract(plan, Plan)
+    on_gpu = gpu or shutil.which("nvidia-smi") is not None
+    procs = build_processes(loaded, backend, plan, state_dir, host, port + 1, on_gpu)
+    if not dry_run:
+        raise InputError("starting processes is not built yet (issue 7): use --dry-run to print the commands")
+    from muxplan.render import console
+    from executor.render import processes_table
+
+    con = console()
+    con.print(processes_table(procs))
+    typer.echo(shell_script(procs, state_dir, on_gpu))
 
 
-def status() -> None:
+def status(
+    state_dir: Annotated[Path, typer.Option(help="State directory of the deployment.")] = Path(".muxplan"),
+) -> None:
     """Show the processes of a running deployment."""
-    raise NotImplementedError("muxplan status is being built (issue 7)")
+    raise InputError(f"{state_dir}: no running deployment (starting deployments is not built yet, issue 7)")
