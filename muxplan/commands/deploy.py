@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -17,6 +17,7 @@ def deploy(
     port: Annotated[int, typer.Option(help="Front-door port; backends take the ports after it.")] = 8000,
     state_dir: Annotated[Path, typer.Option(help="Logs, MPS pipes and the deployment state file.")] = Path(".muxplan"),
     gpu: Annotated[bool, typer.Option(help="Target GPU hosts (MPS, device UUIDs) even when planning on a CPU machine.")] = False,
+    api_key: Annotated[Optional[str], typer.Option(envvar="MUXPLAN_API_KEY", help="Require this bearer key on /v1 routes.")] = None,
 ) -> None:
     """Start the serving processes of a plan behind one OpenAI-compatible endpoint."""
     import shutil
@@ -30,7 +31,12 @@ def deploy(
     on_gpu = gpu or shutil.which("nvidia-smi") is not None
     procs = build_processes(loaded, backend, plan, state_dir, host, port + 1, on_gpu)
     if not dry_run:
-        raise InputError("starting processes is not built yet (issue 7): use --dry-run to print the commands")
+        if on_gpu:
+            raise InputError("GPU hosts: MPS daemon management is not built yet (issue 7); use --dry-run and its start script")
+        from executor.deployment import serve
+
+        serve(loaded, procs, state_dir, host, port, api_key)
+        return
     from muxplan.render import console
     from executor.render import processes_table
 
@@ -43,4 +49,13 @@ def status(
     state_dir: Annotated[Path, typer.Option(help="State directory of the deployment.")] = Path(".muxplan"),
 ) -> None:
     """Show the processes of a running deployment."""
-    raise InputError(f"{state_dir}: no running deployment (starting deployments is not built yet, issue 7)")
+    import json
+
+    from muxplan.render import console
+    from executor.render import status_table
+    from executor.supervisor import STATE_FILE
+
+    path = state_dir / STATE_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: no running deployment")
+    console().print(status_table(json.loads(path.read_text())["processes"]))
