@@ -49,7 +49,7 @@ def main() -> None:
     for pair in args.sizes.split(","):
         num_models, num_gpus = map(int, pair.split(":"))
         cluster = parse_cluster_shorthand(f"{max(1, num_gpus // 8)}x{min(8, num_gpus)}xA100-80GB")
-        w = synthesize(counts_for(num_models), 0.9, None, args.rate_per_gpu * num_gpus, seed=1, order="shuffled", materialise=False)
+        w = synthesize(counts_for(num_models), 0.9, None, args.rate_per_gpu * num_gpus, duration_s=60, seed=1, order="shuffled", materialise=False)
         t = time.perf_counter()
         greedy = run_solver("greedy", w, cluster, cm, time_limit_s=args.time_limit / 3)
         greedy_s = time.perf_counter() - t

@@ -8,6 +8,7 @@ from executor.admission import Admission
 from executor.launcher import ProcessSpec
 from executor.router import Replica, RouterState, create_app
 from executor.supervisor import Supervisor
+from muxplan.files import InputError
 from muxplan.schema import Plan
 
 
@@ -25,6 +26,17 @@ def router_state(plan: Plan, procs: list[ProcessSpec], api_key: str | None) -> R
     return RouterState(replicas, Admission(quotas), predicted, api_key)
 
 
+def check_loadable(plan: Plan, plan_path: Path) -> None:
+    """vLLM loads a local folder or a hub id, not a muxplan catalog name: say so before starting anything."""
+    from muxplan.catalog import model_catalog
+
+    for u in plan.units:
+        for k, m in enumerate(u.models):
+            if m.model in model_catalog() and not Path(m.model).exists():
+                raise InputError(f"{plan_path}: units[{u.id}].models[{k}].model: '{m.model}' is a catalog name; "
+                                 "serving needs a local model folder (or a Hugging Face id) in the plan")
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -37,7 +49,10 @@ def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port
     supervisor = Supervisor(procs, state_dir, on_health=state.set_health)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up children on `kill`, not only on Ctrl-C
     try:
-        supervisor.start()
+        try:
+            supervisor.start()
+        except RuntimeError as exc:
+            raise InputError(str(exc)) from None
         uvicorn.run(create_app(state), host=host, port=port, log_level="warning")
     except KeyboardInterrupt:
         pass

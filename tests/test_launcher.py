@@ -64,5 +64,7 @@ def test_dry_run_cli(tmp_path):
     proc = run_cli("deploy", tmp_path / "plan.json", "--dry-run", "--gpu", "--state-dir", tmp_path / "st", check=True)
     assert "nvidia-cuda-mps-control -d" in proc.stdout
     assert "--served-model-name llama-7b-1" in proc.stdout and "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30" in proc.stdout
-    proc = run_cli("deploy", tmp_path / "plan.json")
-    assert proc.returncode == 2 and "use --dry-run" in proc.stderr
+    proc = run_cli("deploy", tmp_path / "plan.json", "--state-dir", tmp_path / "st")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"error: {tmp_path / 'plan.json'}: units[0].models[0].model: 'llama-65b' is a catalog name; "
+                                   "serving needs a local model folder (or a Hugging Face id) in the plan")

@@ -33,8 +33,9 @@ def deploy(
     if not dry_run:
         if on_gpu:
             raise InputError("GPU hosts: MPS daemon management is not built yet (issue 7); use --dry-run and its start script")
-        from executor.deployment import serve
+        from executor.deployment import check_loadable, serve
 
+        check_loadable(loaded, plan)
         serve(loaded, procs, state_dir, host, port, api_key)
         return
     from muxplan.render import console
