@@ -58,6 +58,11 @@ def _gpu_env(plan: Plan, unit, sm_pct: int, mem_bytes: int, on_gpu: bool, uuids:
     }
 
 
+def _mem_limit_bytes(m) -> int:
+    spec = get_model(m.model)
+    return weight_bytes_per_gpu(spec, m.tp) + reserve_bytes(spec, m.tp, max_num_seqs=m.max_num_seqs) + m.kv_bytes
+
+
 def build_processes(
     plan: Plan, backend: str, plan_path: Path, state_dir: Path, host: str = "127.0.0.1", base_port: int = 8001,
     on_gpu: bool = False, uuids: dict[tuple[int, int], str] | None = None, python: str = sys.executable,
@@ -81,8 +86,7 @@ def build_processes(
             continue
         for m in unit.models:
             port = base_port + len(procs)
-            spec = get_model(m.model)
-            mem = weight_bytes_per_gpu(spec, m.tp) + reserve_bytes(spec, m.tp, max_num_seqs=m.max_num_seqs) + m.kv_bytes
+            mem = _mem_limit_bytes(m) if on_gpu else 0  # MPS memory pinning exists only on GPU hosts
             sm = m.decode_sm_pct if shared else 100
             argv = (python, "-m", "vllm.entrypoints.openai.api_server", "--model", m.model, "--served-model-name", m.name,
                     "--tensor-parallel-size", str(m.tp), "--kv-cache-memory-bytes", str(m.kv_bytes), "--max-num-seqs", str(m.max_num_seqs),

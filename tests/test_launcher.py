@@ -68,3 +68,10 @@ def test_dry_run_cli(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (f"error: {tmp_path / 'plan.json'}: units[0].models[0].model: 'llama-65b' is a catalog name; "
                                    "serving needs a local model folder (or a Hugging Face id) in the plan")
+
+
+def test_tiny_example_dry_run_needs_no_built_models():
+    from tests.helpers import ROOT
+
+    out = run_cli("deploy", ROOT / "examples/tiny/plan.json", "--dry-run", check=True).stdout
+    assert "--model examples/tiny/models/tiny-llama --served-model-name tiny-llama" in out
