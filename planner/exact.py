@@ -17,7 +17,9 @@ sum mem_{i,o} y_{i,o} <= usable, decode SM sum sm_o y_{i,o} <= 120, and for ever
 sum_o d_{i,o} x_{i,o} + sum_{j,o} p_{j,o} x_{j,o} <= 1. So the estimator of the final plan equals the
 objective. Bound (Lagrangian, valid at every iteration):
     UB = sum_i (w_i - pi_i) r_i + sum_t mu_t G_t + sum_t G_t max(0, max_n rc*_{t,n} / n)
-with rc*_{t,n} the pricing MILP's dual bound; at convergence UB = the LP value.
+with rc*_{t,n} the pricing MILP's dual bound; minimising over mu_t for the same pi gives
+    UB = sum_i max(0, w_i - pi_i) r_i + sum_t G_t max_n (R*_{t,n} / n),  R*_{t,n} = max sum pi_i x_i,
+and both are kept; at convergence UB = the LP value.
 Objectives: throughput (w = 1), weighted (w_i = r_i / sum r), fairness (max min s_i / r_i, then
 throughput at that level), min-gpus (min sum n_c lambda_c with s = r over the generated columns).
 """
@@ -173,20 +175,21 @@ def _clones(demands, col: UnitChoice, pi, mu_t: float) -> list[UnitChoice]:
     return out
 
 
-def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, time_limit_s, seen):
+def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen):
     """New columns with positive reduced cost, and per GPU type the best proven reduced cost per GPU."""
-    new_cols, slack = [], {t: 0.0 for t in gpus}
+    new_cols, slack, per_gpu = [], {t: 0.0 for t in gpus}, {t: 0.0 for t in gpus}
     for t, (gpu, max_n) in gpus.items():
         n = 1
         while n <= max_n:
             left = deadline - time.perf_counter()
             if left <= 0:
-                slack[t] = float("inf")  # not priced: no bound from this round
+                slack[t] = per_gpu[t] = float("inf")  # not priced: no bound from this round
                 break
-            priced = _price(demands, gpu, n, cost_model, pi, min(left, max(0.25, time_limit_s / 20)))
+            priced = _price(demands, gpu, n, cost_model, pi, min(left, price_s))
             if priced:
                 dual_bound, value, members = priced
                 slack[t] = max(slack[t], (dual_bound - mu[t] * n) / n)
+                per_gpu[t] = max(per_gpu[t], dual_bound / n)
                 key = (t, n, tuple((i, o, round(r, 9)) for i, o, r in members))
                 if members and value - mu[t] * n > 1e-6 and key not in seen:
                     for col in (UnitChoice(n, t, members), *_clones(demands, UnitChoice(n, t, members), pi, mu[t])):
@@ -195,7 +198,7 @@ def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, time_limit_s, se
                             seen.add(ckey)
                             new_cols.append(col)
             n *= 2
-    return new_cols, slack
+    return new_cols, slack, per_gpu
 
 
 def cluster_gpus(cluster: Cluster):
@@ -226,18 +229,23 @@ def solve_exact(
         raise InputError("no model fits on any mesh of this cluster (a model bigger than any node's memory?)")
     seen = {(c.gpu, c.mesh_size, tuple((i, o, round(r, 9)) for i, o, r in c.members)) for c in cols}
     bound, converged = sum(wi * d.rate_rps for wi, d in zip(w, demands)), False  # serving all demand
-    deadline = start + 0.7 * time_limit_s
+    deadline, price_s = start + 0.7 * time_limit_s, max(0.25, time_limit_s / 20)
     while time.perf_counter() < deadline:
         lp, pi, mu = _master_lp(cols, demands, w, counts)
         lagrange = sum(max(0.0, wi - p) * d.rate_rps for wi, p, d in zip(w, pi, demands)) + sum(mu[t] * counts[t] for t in counts)
-        new_cols, slack = _pricing_round(demands, gpus, cost_model, pi, mu, deadline, time_limit_s, seen)
+        new_cols, slack, per_gpu = _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen)
         cols += new_cols
-        bound = min(bound, lagrange + sum(counts[t] * max(0.0, slack[t]) for t in counts))
+        demand_part = sum(max(0.0, wi - p) * d.rate_rps for wi, p, d in zip(w, pi, demands))
+        bound = min(bound, lagrange + sum(counts[t] * max(0.0, slack[t]) for t in counts),
+                    demand_part + sum(counts[t] * per_gpu[t] for t in counts))  # the same bound at its best mu
         if not new_cols:
             # the restricted LP is the full LP's optimum only when every pricing problem was proven
             converged = max(slack.values()) <= 1e-6
-            bound = min(bound, lp) if converged else bound
-            break
+            if converged:
+                bound = min(bound, lp)
+                break
+            price_s *= 3  # unproven pricing found nothing: give it more time
+
     remaining = max(0.5, time_limit_s - (time.perf_counter() - start))
     value, units, status = solve_master(cols, demands, w, counts, objective, backend, remaining, seed)
     if objective in ("fairness", "min-gpus"):

@@ -18,6 +18,7 @@ Fixes against the original:
 from __future__ import annotations
 
 import itertools
+import math
 import time
 
 from muxplan.catalog import get_gpu
@@ -83,16 +84,32 @@ class UnitConfigurator:
         return (est.total_rps, full) if est.feasible else None
 
 
-def mesh_candidates(cluster: Cluster) -> list[tuple[tuple[str, int], ...]]:
+MAX_COMBOS_PER_GROUP = 5000
+
+
+def _group_combos(size: int, count: int):
+    """Multisets of per-node partitions for ``count`` identical nodes; for big groups (more multisets
+    than MAX_COMBOS_PER_GROUP) only homogeneous ones and mixes of two partitions at a few ratios."""
+    parts = partitions(size)
+    if math.comb(len(parts) + count - 1, count) <= MAX_COMBOS_PER_GROUP:
+        yield from itertools.combinations_with_replacement(parts, count)
+        return
+    for part in parts:
+        yield (part,) * count
+    for a, b in itertools.combinations(parts, 2):
+        for k in sorted({count // 4, count // 2, 3 * count // 4} - {0, count}):
+            yield (a,) * k + (b,) * (count - k)
+
+
+def mesh_candidates(cluster: Cluster):
     """Multisets of (GPU type, mesh size) from per-node partitions; identical nodes are interchangeable."""
     groups: dict[tuple[str, int], int] = {}
     for node in cluster.nodes:
         groups[(node.gpu, node.num_gpus)] = groups.get((node.gpu, node.num_gpus), 0) + 1
-    per_group = []
-    for (gpu, size), count in groups.items():
-        combos = itertools.combinations_with_replacement(partitions(size), count)
-        per_group.append([tuple((gpu, n) for part in combo for n in part) for combo in combos])
-    return [tuple(sorted(itertools.chain(*pick), key=lambda m: -m[1])) for pick in itertools.product(*per_group)]
+    per_group = [[tuple((gpu, n) for part in combo for n in part) for combo in _group_combos(size, count)]
+                 for (gpu, size), count in groups.items()]
+    for pick in itertools.product(*per_group):
+        yield tuple(sorted(itertools.chain(*pick), key=lambda m: -m[1]))
 
 
 def place_greedy(demands: list[Demand], cluster: Cluster, cost_model, time_limit_s: float = 60.0, temporal: bool = False) -> list[UnitChoice]:
@@ -104,16 +121,18 @@ def place_greedy(demands: list[Demand], cluster: Cluster, cost_model, time_limit
     for meshes in mesh_candidates(cluster):
         if time.perf_counter() - start > time_limit_s and best[1]:
             break
-        value, units = _fill(meshes, order, demands, conf)
+        value, units = _fill(meshes, order, demands, conf, start + time_limit_s)
         if value > best[0] + 1e-9:
             best = (value, units)
     return best[1]
 
 
-def _fill(meshes, order, demands, conf) -> tuple[float, list[UnitChoice]]:
+def _fill(meshes, order, demands, conf, deadline: float) -> tuple[float, list[UnitChoice]]:
     hosted: list[tuple[tuple[int, float], ...]] = [() for _ in meshes]
     scores = [0.0] * len(meshes)
     for i in order:
+        if time.perf_counter() > deadline:  # out of time: the remaining (colder) models stay unplaced
+            break
         best_gain, best_k, best_score = 0.0, None, 0.0
         for k, (gpu, n) in enumerate(meshes):
             trial = conf.configure(gpu, n, hosted[k] + ((i, demands[i].rate_rps),))

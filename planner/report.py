@@ -68,3 +68,13 @@ def diff_table(a: Plan, b: Plan) -> Table:
             moved = {x.split()[0] for x in ra} != {x.split()[0] for x in rb}
             table.add_row(name, "; ".join(ra) or "-", "; ".join(rb) or "-", "moved" if moved else "shares changed")
     return table
+
+
+def plan_tables(plan: Plan) -> list[Table]:
+    """The tables of a plan report: units, unserved demand (if any), solvers considered (if recorded)."""
+    tables = [units_table(plan)]
+    if plan.unserved:
+        tables.append(unserved_table(plan))
+    if plan.considered:
+        tables.append(considered_table(plan))
+    return tables

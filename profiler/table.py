@@ -68,14 +68,25 @@ class ProfileTable:
         return max(a + (b - a) * (sm_pct - lo) / (hi - lo), 1e-6)
 
 
+def _spec_name(ref: str) -> str:
+    """Profiles made from a model folder name the folder; cost queries carry the spec's name."""
+    from muxplan.catalog import get_model
+
+    try:
+        return get_model(ref).name
+    except InputError:
+        return ref
+
+
 class TableCostModel:
     """CostModel over profiles of one GPU type; (model, gpu) pairs not profiled go to ``fallback``."""
 
     def __init__(self, profiles: list[Profile], extrapolate: bool = True, fallback=None):
         by_key: dict[tuple[str, str], dict[Key, list[ProfilePoint]]] = defaultdict(lambda: defaultdict(list))
         for prof in profiles:
+            name = _spec_name(prof.model)
             for p in prof.points:
-                by_key[(prof.gpu, prof.model)][(prof.model, p.phase, p.tp)].append(p)
+                by_key[(prof.gpu, name)][(name, p.phase, p.tp)].append(p)
         self.tables = {
             pair: {key: ProfileTable(pts, extrapolate, f"profile {pair[1]} on {pair[0]} {key[1]} tp={key[2]}") for key, pts in keys.items()}
             for pair, keys in by_key.items()

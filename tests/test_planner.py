@@ -141,3 +141,24 @@ def test_cli_solve_show_diff(tmp_path):
             "--no-compare", "--out", out_b, check=True)
     assert "constraints: all satisfied" in run_cli("plan", "show", out_a, check=True).stdout
     assert "Plan diff" in run_cli("plan", "diff", out_a, out_b, check=True).stdout
+
+
+def test_zero_gpu_cluster_exits_2(tmp_path):
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text("schema_version: 1\nnodes:\n  - {gpu: A100-80GB, num_gpus: 0}\n")
+    proc = run_cli("solve", "--workload", ROOT / "examples/small/workload.yaml", "--cluster", cluster)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: {cluster}: nodes[0].num_gpus: Input should be greater than 0"
+
+
+def test_objectives_fairness_and_min_gpus():
+    w = synthesize(parse_model_counts("llama-7b:2,llama-13b:1"), 1.0, 3.0, materialise=False)
+    cluster = load_cluster("1x4xA100-80GB")
+    fair = run_solver("exact", w, cluster, CM, objective="fairness", time_limit_s=10)
+    assert fair.solver.value == pytest.approx(1.0, abs=1e-3)  # everyone fully served at this light load
+    fewest = run_solver("exact", w, cluster, CM, objective="min-gpus", time_limit_s=10)
+    assert fewest.solver.value == fewest.num_gpus_used < cluster.num_gpus
+    assert fewest.served_rps == pytest.approx(fewest.demand_rps, rel=1e-6)
+    heavy = w.model_copy(update={"models": [m.model_copy(update={"rate_rps": 500.0}) for m in w.models]})
+    with pytest.raises(InputError, match="min-gpus: impossible to serve all 1500.00 req/s"):
+        run_solver("exact", heavy, cluster, CM, objective="min-gpus", time_limit_s=10)

@@ -1,12 +1,62 @@
 """`muxplan deploy` and `muxplan status`."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
 
-def deploy() -> None:
+import typer
+
+from muxplan.files import InputError
+
+
+def deploy(
+    plan: Annotated[Path, typer.Argument(help="plan.json from `muxplan solve`.")],
+    backend: Annotated[str, typer.Option(help="vllm or engine.")] = "vllm",
+    dry_run: Annotated[bool, typer.Option(help="Print every process's environment and command, start nothing.")] = False,
+    host: Annotated[str, typer.Option(help="Address the front door and backends bind to.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Front-door port; backends take the ports after it.")] = 8000,
+    state_dir: Annotated[Path, typer.Option(help="Logs, MPS pipes and the deployment state file.")] = Path(".muxplan"),
+    gpu: Annotated[bool, typer.Option(help="Target GPU hosts (MPS, device UUIDs) even when planning on a CPU machine.")] = False,
+    api_key: Annotated[Optional[str], typer.Option(envvar="MUXPLAN_API_KEY", help="Require this bearer key on /v1 routes.")] = None,
+) -> None:
     """Start the serving processes of a plan behind one OpenAI-compatible endpoint."""
-    raise NotImplementedError("muxplan deploy is being built (issue 7)")
+    import shutil
+
+    from muxplan.files import load_contract
+    from muxplan.schema import Plan
+
+    from executor.launcher import build_processes, shell_script
+
+    loaded = load_contract(plan, Plan)
+    on_gpu = gpu or shutil.which("nvidia-smi") is not None
+    procs = build_processes(loaded, backend, plan, state_dir, host, port + 1, on_gpu)
+    if not dry_run:
+        if on_gpu:
+            raise InputError("GPU hosts: MPS daemon management is not built yet (issue 7); use --dry-run and its start script")
+        from executor.deployment import check_loadable, serve
+
+        check_loadable(loaded, plan)
+        serve(loaded, procs, state_dir, host, port, api_key)
+        return
+    from muxplan.render import console
+    from executor.render import processes_table
+
+    con = console()
+    con.print(processes_table(procs))
+    typer.echo(shell_script(procs, state_dir, on_gpu))
 
 
-def status() -> None:
+def status(
+    state_dir: Annotated[Path, typer.Option(help="State directory of the deployment.")] = Path(".muxplan"),
+) -> None:
     """Show the processes of a running deployment."""
-    raise NotImplementedError("muxplan status is being built (issue 7)")
+    import json
+
+    from muxplan.render import console
+    from executor.render import status_table
+    from executor.supervisor import STATE_FILE
+
+    path = state_dir / STATE_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: no running deployment")
+    console().print(status_table(json.loads(path.read_text())["processes"]))

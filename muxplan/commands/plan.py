@@ -20,15 +20,12 @@ def show(
     from muxplan.schema import Plan
     from muxplan.workload import load_workload
     from planner.placement import check_plan
-    from planner.report import considered_table, headline, units_table, unserved_table
+    from planner.report import headline, plan_tables
 
     plan = load_contract(file, Plan)
     con = console()
-    con.print(units_table(plan))
-    if plan.unserved:
-        con.print(unserved_table(plan))
-    if plan.considered:
-        con.print(considered_table(plan))
+    for table in plan_tables(plan):
+        con.print(table)
     con.print(headline(plan))
     problems = check_plan(plan, load_workload(workload) if workload else None)
     if problems:

@@ -30,7 +30,7 @@ def solve(
     from muxplan.render import console
     from muxplan.workload import load_workload
     from planner.placement import check_plan
-    from planner.report import considered_table, headline, units_table, unserved_table
+    from planner.report import headline, plan_tables
     from planner.solve import solve_and_compare
     from profiler.cost_model import load_cost_model
 
@@ -71,11 +71,8 @@ def solve(
                                               "slo_attainment": v.overall.slo_attainment} for m, p, v in verdicts or []]}, indent=1))
         return
     con = console()
-    con.print(units_table(plan))
-    if plan.unserved:
-        con.print(unserved_table(plan))
-    if plan.considered:
-        con.print(considered_table(plan))
+    for table in plan_tables(plan):
+        con.print(table)
     if verdicts:
         from planner.sim.render import evaluation_table
 

@@ -1,0 +1,60 @@
+"""Run a plan: start the serving processes under a supervisor and serve the router until stopped."""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from executor.admission import Admission
+from executor.launcher import ProcessSpec
+from executor.router import Replica, RouterState, create_app
+from executor.supervisor import Supervisor
+from muxplan.files import InputError
+from muxplan.schema import Plan
+
+
+def router_state(plan: Plan, procs: list[ProcessSpec], api_key: str | None) -> RouterState:
+    replicas: dict[str, list[Replica]] = {}
+    quotas: dict[str, int] = {}
+    predicted: dict[str, float] = {}
+    by_unit = {u.id: u for u in plan.units}
+    for p in procs:
+        for m in by_unit[p.unit].models:
+            if m.name in p.models:
+                replicas.setdefault(m.name, []).append(Replica(m.name, f"http://127.0.0.1:{p.port}", m.routing_share, p.unit, p.name))
+                quotas[m.name] = quotas.get(m.name, 0) + m.max_num_seqs
+                predicted[m.name] = predicted.get(m.name, 0.0) + m.predicted_rps
+    return RouterState(replicas, Admission(quotas), predicted, api_key)
+
+
+def check_loadable(plan: Plan, plan_path: Path) -> None:
+    """vLLM loads a local folder or a hub id, not a muxplan catalog name: say so before starting anything."""
+    from muxplan.catalog import model_catalog
+
+    for u in plan.units:
+        for k, m in enumerate(u.models):
+            if m.model in model_catalog() and not Path(m.model).exists():
+                raise InputError(f"{plan_path}: units[{u.id}].models[{k}].model: '{m.model}' is a catalog name; "
+                                 "serving needs a local model folder (or a Hugging Face id) in the plan")
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port: int, api_key: str | None) -> None:
+    """Blocks until SIGINT/SIGTERM; every child process is stopped on the way out."""
+    import uvicorn
+
+    state = router_state(plan, procs, api_key)
+    supervisor = Supervisor(procs, state_dir, on_health=state.set_health)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up children on `kill`, not only on Ctrl-C
+    try:
+        try:
+            supervisor.start()
+        except RuntimeError as exc:
+            raise InputError(str(exc)) from None
+        uvicorn.run(create_app(state), host=host, port=port, log_level="warning")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        supervisor.stop()

@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import pytest
+
+from muxplan.catalog import get_model
+from muxplan.cluster import parse_cluster_shorthand
+from muxplan.files import InputError, save_contract
+from muxplan.schema import PlacedModel, Plan, SolverRecord, Unit
+from executor.launcher import build_processes
+from profiler.memory import reserve_bytes, weight_bytes_per_gpu
+from tests.helpers import run_cli
+
+GIB = 2**30
+
+
+def placed(name, model, tp, decode_sm, kv_gib, seqs):
+    return PlacedModel(name=name, model=model, tp=tp, prefill_sm_pct=100, decode_sm_pct=decode_sm, kv_bytes=kv_gib * GIB,
+                       max_num_seqs=seqs, routing_share=1.0, rate_rps=1.0, predicted_rps=1.0)
+
+
+def paper_like_plan() -> Plan:
+    units = [
+        Unit(id=0, node=0, gpu="A100-80GB", gpu_ids=[0, 1, 2, 3], models=[placed("llama-65b", "llama-65b", 4, 40, 20, 64), placed("llama-7b-1", "llama-7b", 4, 30, 10, 128)], predicted_rps=2),
+        Unit(id=1, node=3, gpu="A100-80GB", gpu_ids=[6, 7], models=[placed("llama-13b-0", "llama-13b", 2, 90, 30, 256)], predicted_rps=1),
+    ]
+    return Plan(cluster=parse_cluster_shorthand("4x8xA100-80GB"), solver=SolverRecord(method="exact", objective="throughput", value=3),
+                units=units, demand_rps=3, served_rps=3, num_gpus_used=6)
+
+
+def mem(model, tp, kv_gib, seqs):
+    spec = get_model(model)
+    return weight_bytes_per_gpu(spec, tp) + reserve_bytes(spec, tp, max_num_seqs=seqs) + kv_gib * GIB
+
+
+def test_vllm_processes_on_gpu_hosts():
+    procs = build_processes(paper_like_plan(), "vllm", Path("plan.json"), Path("/state"), base_port=8001, on_gpu=True,
+                            uuids={(0, 0): "GPU-a", (0, 1): "GPU-b", (0, 2): "GPU-c", (0, 3): "GPU-d"}, python="python")
+    assert [(p.name, p.port, p.gpu_ids, p.sm_pct) for p in procs] == [
+        ("unit0-llama-65b", 8001, (0, 1, 2, 3), 40), ("unit0-llama-7b-1", 8002, (0, 1, 2, 3), 30), ("unit1-llama-13b-0", 8003, (6, 7), 100)]
+    first, _, last = procs
+    assert first.env["CUDA_VISIBLE_DEVICES"] == "GPU-a,GPU-b,GPU-c,GPU-d"  # MPS addresses GPUs by UUID
+    assert last.env["CUDA_VISIBLE_DEVICES"] == "6,7"
+    assert first.env["CUDA_MPS_PIPE_DIRECTORY"] == "/state/mps/node0/pipe" and last.env["CUDA_MPS_LOG_DIRECTORY"] == "/state/mps/node3/log"
+    assert first.mem_limit_bytes == mem("llama-65b", 4, 20, 64)
+    limit_mib = -(-mem("llama-65b", 4, 20, 64) // 2**20)
+    assert first.env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == ",".join(f"{k}={limit_mib}M" for k in range(4))
+    assert first.argv == ("python", "-m", "vllm.entrypoints.openai.api_server", "--model", "llama-65b", "--served-model-name", "llama-65b",
+                          "--tensor-parallel-size", "4", "--kv-cache-memory-bytes", str(20 * GIB), "--max-num-seqs", "64",
+                          "--host", "127.0.0.1", "--port", "8001")
+
+
+def test_cpu_and_engine_processes():
+    cpu = build_processes(paper_like_plan(), "vllm", Path("p.json"), Path("s"), on_gpu=False, python="python")
+    assert cpu[0].env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_TARGET_DEVICE": "cpu"} and cpu[0].argv[-1] == "--enforce-eager"
+    engine = build_processes(paper_like_plan(), "engine", Path("p.json"), Path("s"), base_port=9001, on_gpu=True, python="python")
+    assert [(p.name, p.models, p.port) for p in engine] == [("unit0", ("llama-65b", "llama-7b-1"), 9001), ("unit1", ("llama-13b-0",), 9002)]
+    assert engine[1].argv[2:] == ("executor.engine.server", "--plan", "p.json", "--unit", "1", "--host", "127.0.0.1", "--port", "9002", "--device", "cuda")
+    with pytest.raises(InputError, match="--backend: 'sglang' is not one of vllm, engine"):
+        build_processes(paper_like_plan(), "sglang", Path("p.json"), Path("s"))
+
+
+def test_dry_run_cli(tmp_path):
+    save_contract(tmp_path / "plan.json", paper_like_plan())
+    proc = run_cli("deploy", tmp_path / "plan.json", "--dry-run", "--gpu", "--state-dir", tmp_path / "st", check=True)
+    assert "nvidia-cuda-mps-control -d" in proc.stdout
+    assert "--served-model-name llama-7b-1" in proc.stdout and "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=30" in proc.stdout
+    proc = run_cli("deploy", tmp_path / "plan.json", "--state-dir", tmp_path / "st")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"error: {tmp_path / 'plan.json'}: units[0].models[0].model: 'llama-65b' is a catalog name; "
+                                   "serving needs a local model folder (or a Hugging Face id) in the plan")
+
+
+def test_tiny_example_dry_run_needs_no_built_models():
+    from tests.helpers import ROOT
+
+    out = run_cli("deploy", ROOT / "examples/tiny/plan.json", "--dry-run", check=True).stdout
+    assert "--model examples/tiny/models/tiny-llama --served-model-name tiny-llama" in out
