@@ -12,7 +12,7 @@ from muxplan.files import InputError
 from muxplan.schema import Plan
 
 
-def router_state(plan: Plan, procs: list[ProcessSpec], api_key: str | None) -> RouterState:
+def router_state(plan: Plan, procs: list[ProcessSpec], api_key: str | None, hosts: dict[str, str] | None = None) -> RouterState:
     replicas: dict[str, list[Replica]] = {}
     quotas: dict[str, int] = {}
     predicted: dict[str, float] = {}
@@ -20,7 +20,7 @@ def router_state(plan: Plan, procs: list[ProcessSpec], api_key: str | None) -> R
     for p in procs:
         for m in by_unit[p.unit].models:
             if m.name in p.models:
-                replicas.setdefault(m.name, []).append(Replica(m.name, f"http://127.0.0.1:{p.port}", m.routing_share, p.unit, p.name))
+                replicas.setdefault(m.name, []).append(Replica(m.name, f"http://{(hosts or {}).get(p.name, '127.0.0.1')}:{p.port}", m.routing_share, p.unit, p.name))
                 quotas[m.name] = quotas.get(m.name, 0) + m.max_num_seqs
                 predicted[m.name] = predicted.get(m.name, 0.0) + m.predicted_rps
     return RouterState(replicas, Admission(quotas), predicted, api_key)
@@ -41,13 +41,26 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port: int, api_key: str | None) -> None:
-    """Blocks until SIGINT/SIGTERM; every child process is stopped on the way out."""
+def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port: int, api_key: str | None,
+          ray_address: str | None = None) -> None:
+    """Blocks until SIGINT/SIGTERM; every child process is stopped on the way out.
+
+    Locally a Supervisor runs the processes; with ``ray_address`` ("local" or a cluster address) each unit
+    runs in a Ray actor placed on its node (executor.ray_host) and the router here reaches it over the network.
+    """
     import uvicorn
 
-    state = router_state(plan, procs, api_key)
-    supervisor = Supervisor(procs, state_dir, on_health=state.set_health)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up children on `kill`, not only on Ctrl-C
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if ray_address:
+        from executor.ray_host import RayDeployment
+
+        supervisor = RayDeployment(procs, state_dir, ray_address, plan.cluster.num_gpus)
+        state = router_state(plan, procs, api_key, supervisor.addresses)
+        supervisor.on_health = state.set_health
+    else:
+        state = router_state(plan, procs, api_key)
+        supervisor = Supervisor(procs, state_dir, on_health=state.set_health)
     try:
         try:
             supervisor.start()

@@ -34,9 +34,9 @@ class Running:
     backoff_s: float = 1.0
 
 
-def is_healthy(port: int, timeout_s: float = 2.0) -> bool:
+def is_healthy(port: int, host: str = "127.0.0.1", timeout_s: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=timeout_s) as r:
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=timeout_s) as r:
             return r.status == 200
     except OSError:
         return False
@@ -44,10 +44,10 @@ def is_healthy(port: int, timeout_s: float = 2.0) -> bool:
 
 class Supervisor:
     def __init__(self, specs: list[ProcessSpec], state_dir: Path, on_health: Callable[[str, bool], None] = lambda n, h: None,
-                 start_timeout_s: float = 300.0, poll_s: float = 1.0):
+                 start_timeout_s: float = 300.0, poll_s: float = 1.0, health_host: str = "127.0.0.1"):
         self.running = [Running(s) for s in specs]
         self.state_dir, self.on_health = state_dir, on_health
-        self.start_timeout_s, self.poll_s = start_timeout_s, poll_s
+        self.start_timeout_s, self.poll_s, self.health_host = start_timeout_s, poll_s, health_host
         self.stopping = threading.Event()
         self.watcher: threading.Thread | None = None
         (state_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -63,7 +63,7 @@ class Supervisor:
         while time.monotonic() < deadline and not self.stopping.is_set():
             if r.proc.poll() is not None:
                 return False
-            if is_healthy(r.spec.port):
+            if is_healthy(r.spec.port, self.health_host):
                 return True
             time.sleep(0.5)
         return False
@@ -85,7 +85,7 @@ class Supervisor:
             changed = False
             for r in self.running:
                 alive = r.proc is not None and r.proc.poll() is None
-                healthy = alive and is_healthy(r.spec.port)
+                healthy = alive and is_healthy(r.spec.port, self.health_host)
                 if healthy != r.healthy:
                     r.healthy, changed = healthy, True
                     self.on_health(r.spec.name, healthy)

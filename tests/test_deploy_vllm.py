@@ -45,8 +45,8 @@ def alive(pid: int) -> bool:
         return f.read().split()[2] != "Z"
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
+@pytest.fixture(scope="module", params=["local", "ray"])
+def deployment(request, tmp_path_factory):
     from executor.tiny_models import build_tiny_model
 
     tmp = tmp_path_factory.mktemp("deploy")
@@ -59,14 +59,15 @@ def deployment(tmp_path_factory):
     save_contract(tmp / "plan.json", plan)
     port = free_port()
     state = tmp / "state"
+    extra = ["--ray", "local"] if request.param == "ray" else []
     proc = subprocess.Popen([sys.executable, "-m", "muxplan", "deploy", str(tmp / "plan.json"), "--backend", "vllm", "--port", str(port),
-                             "--state-dir", str(state)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--state-dir", str(state), *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 400
     while get(f"http://127.0.0.1:{port}/health") != 200:
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
         assert time.monotonic() < deadline, "deployment did not become healthy"
         time.sleep(2)
-    yield {"port": port, "state": state, "proc": proc}
+    yield {"port": port, "state": state, "proc": proc, "mode": request.param}
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
@@ -106,7 +107,7 @@ def test_killed_backend_gives_503_for_its_model_only_and_comes_back(deployment):
     assert err.value.status_code == 503
     assert c.completions.create(model="tiny-qwen", prompt="Hi", max_tokens=2).usage.completion_tokens == 2
     deadline = time.monotonic() + 300
-    while not state_rows(deployment)["unit0-tiny-llama"]["healthy"]:
+    while not (state_rows(deployment)["unit0-tiny-llama"]["healthy"] and state_rows(deployment)["unit0-tiny-llama"]["restarts"]):
         assert time.monotonic() < deadline, "the supervisor did not bring the backend back"
         time.sleep(2)
     row = state_rows(deployment)["unit0-tiny-llama"]
@@ -123,3 +124,6 @@ def test_sigint_leaves_no_process_behind(deployment):
     time.sleep(1)
     assert [p for p in pids if alive(p)] == []
     assert not (deployment["state"] / "deployment.json").exists()
+    if deployment["mode"] == "ray":  # the local Ray instance is gone too
+        leftover = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout.split()
+        assert leftover == []

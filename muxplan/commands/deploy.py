@@ -18,6 +18,7 @@ def deploy(
     state_dir: Annotated[Path, typer.Option(help="Logs, MPS pipes and the deployment state file.")] = Path(".muxplan"),
     gpu: Annotated[bool, typer.Option(help="Target GPU hosts (MPS, device UUIDs) even when planning on a CPU machine.")] = False,
     api_key: Annotated[Optional[str], typer.Option(envvar="MUXPLAN_API_KEY", help="Require this bearer key on /v1 routes.")] = None,
+    ray: Annotated[Optional[str], typer.Option(help="Place units through Ray: 'local' or a cluster address.")] = None,
 ) -> None:
     """Start the serving processes of a plan behind one OpenAI-compatible endpoint."""
     import shutil
@@ -36,7 +37,7 @@ def deploy(
         from executor.deployment import check_loadable, serve
 
         check_loadable(loaded, plan)
-        serve(loaded, procs, state_dir, host, port, api_key)
+        serve(loaded, procs, state_dir, host, port, api_key, ray)
         return
     from muxplan.render import console
     from executor.render import processes_table
