@@ -174,3 +174,18 @@ def test_max_rate_scale_brackets_then_bisects_to_the_overlap_threshold():
     assert 1 / 0.0385 / 2 ** (1 / 64) <= cap.rate_scale <= 1 / 0.0385
     assert [p.rate_scale for p in cap.probes][:6] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0] and len(cap.probes) == 12
     assert cap.rate_rps == pytest.approx(cap.rate_scale * 2.0)  # 2 requests over 1 s
+
+
+def test_compare_entries_resolve_to_runs_and_duplicates_are_rejected(tmp_path):
+    from muxplan.files import save_contract
+    from planner.sim.comparison import resolve_runs
+
+    plan = make_plan([[placed("a", GIB)]])
+    other = make_plan([[placed("a", GIB, share=0.5)], [placed("a", GIB, share=0.5)]])
+    save_contract(tmp_path / "two.json", other)
+    wl = make_workload(["a"], [(0.0, "a", 10, 2)])
+    runs = resolve_runs(plan, "one", "adbs", [str(tmp_path / "two.json"), "temporal", "spatial"], wl, ToyCost())
+    assert [(r.label, r.policy, len(r.plan.units)) for r in runs] == [
+        ("one+adbs", "adbs", 1), ("two+adbs", "adbs", 2), ("one+temporal", "temporal", 1), ("spatial", "spatial", 1)]
+    with pytest.raises(InputError, match="--compare: 'one\\+temporal' is given twice"):
+        resolve_runs(plan, "one", "adbs", ["temporal", "temporal"], wl, ToyCost())
