@@ -50,8 +50,7 @@ class UnitHostImpl:
         self.supervisor.start()
 
     def state(self) -> list[dict]:
-        return [{"name": r.spec.name, "models": list(r.spec.models), "unit": r.spec.unit, "pid": r.proc.pid if r.proc else None,
-                 "port": r.spec.port, "healthy": r.healthy, "restarts": r.restarts} for r in self.supervisor.running]
+        return self.supervisor.state_rows()
 
     def stop(self) -> None:
         self.supervisor.stop()

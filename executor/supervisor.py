@@ -100,10 +100,13 @@ class Supervisor:
             if changed:
                 self.write_state()
 
-    def write_state(self) -> None:
-        rows = [{"name": r.spec.name, "models": list(r.spec.models), "unit": r.spec.unit, "pid": r.proc.pid if r.proc else None,
+    def state_rows(self) -> list[dict]:
+        """Per process: name, models, unit, pid, port, health, restarts (what `muxplan status` shows)."""
+        return [{"name": r.spec.name, "models": list(r.spec.models), "unit": r.spec.unit, "pid": r.proc.pid if r.proc else None,
                  "port": r.spec.port, "healthy": r.healthy, "restarts": r.restarts} for r in self.running]
-        write_text_atomic(self.state_dir / STATE_FILE, json.dumps({"supervisor_pid": os.getpid(), "processes": rows}, indent=1))
+
+    def write_state(self) -> None:
+        write_text_atomic(self.state_dir / STATE_FILE, json.dumps({"supervisor_pid": os.getpid(), "processes": self.state_rows()}, indent=1))
 
     def stop(self, grace_s: float = 15.0) -> None:
         """Terminate every process group; kill what has not exited after ``grace_s``."""
