@@ -59,6 +59,8 @@ def model_from_hf_config(path: str | Path) -> ModelSpec:
         if not isinstance(cfg.get(key), int):
             raise InputError(f"{path}: {key}: missing or not an integer")
     heads = cfg["num_attention_heads"]
+    rope = cfg.get("rope_parameters") or {}  # transformers >= 5 keeps theta and scaling together
+    scaling = cfg.get("rope_scaling") or ({k: v for k, v in rope.items() if k != "rope_theta"} if rope.get("rope_type", "default") != "default" else None)
     data = {
         "name": Path(path).parent.name or Path(path).stem,
         "family": family,
@@ -75,8 +77,8 @@ def model_from_hf_config(path: str | Path) -> ModelSpec:
         "num_experts": cfg.get("num_local_experts", 0) or 0,
         "num_experts_per_token": cfg.get("num_experts_per_tok", 0) or 0,
         "max_position_embeddings": cfg.get("max_position_embeddings", 4096),
-        "rope_theta": cfg.get("rope_theta", 10000.0),
-        "rope_scaling": cfg.get("rope_scaling"),
+        "rope_theta": cfg.get("rope_theta", rope.get("rope_theta", 10000.0)),
+        "rope_scaling": scaling,
         "rms_norm_eps": cfg.get("rms_norm_eps", 1e-5),
     }
     return parse_contract(path, {"schema_version": 1, "models": [data]}, ModelCatalogFile).models[0]

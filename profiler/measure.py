@@ -41,13 +41,14 @@ class ProbeInfo:
 
 
 class LatencyProbe(Protocol):
-    """Measures one point; returns the median latency in milliseconds over ``repeats`` after ``warmup``."""
+    """Measures one point; returns the median latency in milliseconds over ``repeats`` after ``warmup``,
+    or None where the point does not fit the backend (it is then left out of the profile)."""
 
     info: ProbeInfo
 
-    def prefill_ms(self, sm_pct: int, batch: int, prompt_tokens: int, repeats: int, warmup: int) -> float: ...
+    def prefill_ms(self, sm_pct: int, batch: int, prompt_tokens: int, repeats: int, warmup: int) -> float | None: ...
 
-    def decode_ms(self, sm_pct: int, batch: int, context_tokens: int, repeats: int, warmup: int) -> float: ...
+    def decode_ms(self, sm_pct: int, batch: int, context_tokens: int, repeats: int, warmup: int) -> float | None: ...
 
 
 def grid(req: ProfileRequest) -> list[tuple[str, int, int, int]]:
@@ -79,6 +80,8 @@ def run_profile(
             phase, sm, batch, tokens = key
             measure = probe.prefill_ms if phase == "prefill" else probe.decode_ms
             ms = measure(sm, batch, tokens, req.repeats, req.warmup)
+            if ms is None:  # the backend cannot hold this point (e.g. its KV memory); not recorded
+                continue
             points.append(ProfilePoint(phase=phase, tp=req.tp, sm_pct=sm, batch=batch, tokens=tokens, latency_ms=ms))
             save_contract(out, _profile(req, probe.info, points))
         if on_point:

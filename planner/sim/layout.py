@@ -43,6 +43,10 @@ class SlotSpec:
     _decode_memo: dict = field(default_factory=dict, repr=False)
 
     @property
+    def kv_bytes_per_token(self) -> float:
+        return self.block_bytes / BLOCK_TOKENS
+
+    @property
     def prefill_parts(self) -> int:
         return math.ceil(self.prefill_sm_pct / SM_PART_PCT)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from muxplan.files import InputError
-from planner.sim.layout import BLOCK_TOKENS, Layout, UnitSpec
+from planner.sim.layout import Layout, UnitSpec
 from planner.sim.unit import UnitState
 
 OVERBOOK_PARTS = 12  # the paper's runtime lets a unit's jobs overbook SMs to ~120%
@@ -36,7 +36,7 @@ class Policy:
 
 def proportional_quotas(unit: UnitSpec) -> list[int]:
     """KV quota bytes proportional to rate x KV bytes per token (equal shares when no rates are known)."""
-    weights = [s.rate_rps * s.block_bytes / BLOCK_TOKENS for s in unit.slots]
+    weights = [s.rate_rps * s.kv_bytes_per_token for s in unit.slots]
     if sum(weights) <= 0:
         weights = [1.0] * len(unit.slots)
     total = sum(weights)

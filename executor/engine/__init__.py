@@ -1,0 +1,1 @@
+"""muxplan's own multi-model serving engine: unified paged KV pool, ADBS, SM-partitioned jobs."""
