@@ -37,7 +37,8 @@ def build_tokenizer(out_dir: Path, vocab_size: int = 512):
     return fast
 
 
-def build_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0, num_layers: int = 2, hidden_size: int = 128) -> Path:
+def build_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0, num_layers: int = 2, hidden_size: int = 128,
+                     rope_scaling: dict | None = None) -> Path:
     """Write config.json, safetensors weights and a tokenizer into ``out_dir``; returns it."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
@@ -49,6 +50,8 @@ def build_tiny_model(out_dir: str | Path, arch: str = "llama", seed: int = 0, nu
                   num_attention_heads=hidden_size // 32, num_key_value_heads=max(1, hidden_size // 64), head_dim=32,
                   max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                   tie_word_embeddings=arch == "qwen2", torch_dtype="float32")
+    if rope_scaling:
+        common["rope_parameters"] = {"rope_theta": 10000.0, **rope_scaling}
     config = Qwen2Config(**common) if arch == "qwen2" else LlamaConfig(**common)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
