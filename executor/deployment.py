@@ -5,14 +5,16 @@ import signal
 from pathlib import Path
 
 from executor.admission import Admission
-from executor.launcher import ProcessSpec
+from executor.launcher import ENGINE_MAX_QUEUE, ProcessSpec
 from executor.router import Replica, RouterState, create_app
 from executor.supervisor import Supervisor
 from muxplan.files import InputError
 from muxplan.schema import Plan
 
 
-def router_state(plan: Plan, procs: list[ProcessSpec], api_key: str | None, hosts: dict[str, str] | None = None) -> RouterState:
+def router_state(plan: Plan, procs: list[ProcessSpec], api_key: str | None, hosts: dict[str, str] | None = None,
+                 backend: str = "vllm") -> RouterState:
+    """Replicas, shares and admission quotas; the engine schedules ADBS itself, so its admission is only its queue bound."""
     replicas: dict[str, list[Replica]] = {}
     quotas: dict[str, int] = {}
     predicted: dict[str, float] = {}
@@ -21,15 +23,18 @@ def router_state(plan: Plan, procs: list[ProcessSpec], api_key: str | None, host
         for m in by_unit[p.unit].models:
             if m.name in p.models:
                 replicas.setdefault(m.name, []).append(Replica(m.name, f"http://{(hosts or {}).get(p.name, '127.0.0.1')}:{p.port}", m.routing_share, p.unit, p.name))
-                quotas[m.name] = quotas.get(m.name, 0) + m.max_num_seqs
+                quotas[m.name] = quotas.get(m.name, 0) + (ENGINE_MAX_QUEUE if backend == "engine" else m.max_num_seqs)
                 predicted[m.name] = predicted.get(m.name, 0.0) + m.predicted_rps
     return RouterState(replicas, Admission(quotas), predicted, api_key)
 
 
-def check_loadable(plan: Plan, plan_path: Path) -> None:
-    """vLLM loads a local folder or a hub id, not a muxplan catalog name: say so before starting anything."""
+def check_loadable(plan: Plan, plan_path: Path, backend: str = "vllm") -> None:
+    """vLLM loads a local folder or a hub id, not a muxplan catalog name: say so before starting anything.
+    The engine serves a catalog name with random weights at the real shapes (token-id prompts only)."""
     from muxplan.catalog import model_catalog
 
+    if backend == "engine":
+        return
     for u in plan.units:
         for k, m in enumerate(u.models):
             if m.model in model_catalog() and not Path(m.model).exists():
@@ -42,7 +47,7 @@ def _raise_interrupt(signum, frame):
 
 
 def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port: int, api_key: str | None,
-          ray_address: str | None = None) -> None:
+          ray_address: str | None = None, backend: str = "vllm") -> None:
     """Blocks until SIGINT/SIGTERM; every child process is stopped on the way out.
 
     Locally a Supervisor runs the processes; with ``ray_address`` ("local" or a cluster address) each unit
@@ -56,10 +61,10 @@ def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port
         from executor.ray_host import RayDeployment
 
         supervisor = RayDeployment(procs, state_dir, ray_address, plan.cluster.num_gpus)
-        state = router_state(plan, procs, api_key, supervisor.addresses)
+        state = router_state(plan, procs, api_key, supervisor.addresses, backend)
         supervisor.on_health = state.set_health
     else:
-        state = router_state(plan, procs, api_key)
+        state = router_state(plan, procs, api_key, backend=backend)
         supervisor = Supervisor(procs, state_dir, on_health=state.set_health)
     try:
         try:

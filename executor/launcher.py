@@ -19,6 +19,7 @@ from muxplan.schema import Plan
 from profiler.memory import reserve_bytes, weight_bytes_per_gpu
 
 BACKENDS = ("vllm", "engine")
+ENGINE_MAX_QUEUE = 1024  # requests an engine process holds (waiting or running) before answering 429
 MIB = 2**20
 
 
@@ -76,10 +77,10 @@ def build_processes(
     procs: list[ProcessSpec] = []
     for unit in plan.units:
         shared = len(unit.models) > 1
-        if backend == "engine":
+        if backend == "engine" and len(unit.gpu_ids) == 1:  # the engine runs TP 1; larger meshes go through vLLM
             port = base_port + len(procs)
             argv = (python, "-m", "executor.engine.server", "--plan", str(plan_path), "--unit", str(unit.id), "--host", host, "--port", str(port),
-                    "--device", "cuda" if on_gpu else "cpu")
+                    "--device", "cuda" if on_gpu else "cpu", "--max-queue", str(ENGINE_MAX_QUEUE))
             env = _gpu_env(plan, unit, 100, 0, on_gpu, uuids, state_dir)
             env.pop("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", None)
             procs.append(ProcessSpec(f"unit{unit.id}", unit.id, unit.node, tuple(m.name for m in unit.models), tuple(unit.gpu_ids), port, argv, env))

@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,36 +12,11 @@ import pytest
 from muxplan.cluster import parse_cluster_shorthand
 from muxplan.files import save_contract
 from muxplan.schema import PlacedModel, Plan, SolverRecord, Unit
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, alive, free_port, get, run_cli
 
 pytestmark = pytest.mark.slow
 openai = pytest.importorskip("openai")
 pytest.importorskip("vllm")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return 0
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split()[2] != "Z"
 
 
 @pytest.fixture(scope="module", params=["local", "ray"])

@@ -52,9 +52,17 @@ def test_vllm_processes_on_gpu_hosts():
 def test_cpu_and_engine_processes():
     cpu = build_processes(paper_like_plan(), "vllm", Path("p.json"), Path("s"), on_gpu=False, python="python")
     assert cpu[0].env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_TARGET_DEVICE": "cpu"} and cpu[0].argv[-1] == "--enforce-eager"
-    engine = build_processes(paper_like_plan(), "engine", Path("p.json"), Path("s"), base_port=9001, on_gpu=True, python="python")
-    assert [(p.name, p.models, p.port) for p in engine] == [("unit0", ("llama-65b", "llama-7b-1"), 9001), ("unit1", ("llama-13b-0",), 9002)]
-    assert engine[1].argv[2:] == ("executor.engine.server", "--plan", "p.json", "--unit", "1", "--host", "127.0.0.1", "--port", "9002", "--device", "cuda")
+    plan = paper_like_plan()
+    plan.units.append(Unit(id=2, node=1, gpu="A100-80GB", gpu_ids=[5], models=[placed("llama-7b-2", "llama-7b", 1, 50, 10, 64),
+                                                                           placed("llama-7b-3", "llama-7b", 1, 50, 10, 64)], predicted_rps=1))
+    engine = build_processes(plan, "engine", Path("p.json"), Path("s"), base_port=9001, on_gpu=True, python="python")
+    # the engine runs one GPU per process: the 4- and 2-GPU units go through vLLM
+    assert [(p.name, p.models, p.port) for p in engine] == [
+        ("unit0-llama-65b", ("llama-65b",), 9001), ("unit0-llama-7b-1", ("llama-7b-1",), 9002), ("unit1-llama-13b-0", ("llama-13b-0",), 9003),
+        ("unit2", ("llama-7b-2", "llama-7b-3"), 9004)]
+    assert engine[0].argv[2] == "vllm.entrypoints.openai.api_server"
+    assert engine[3].argv[2:] == ("executor.engine.server", "--plan", "p.json", "--unit", "2", "--host", "127.0.0.1", "--port", "9004", "--device", "cuda",
+                                  "--max-queue", "1024")
     with pytest.raises(InputError, match="--backend: 'sglang' is not one of vllm, engine"):
         build_processes(paper_like_plan(), "sglang", Path("p.json"), Path("s"))
 

@@ -36,8 +36,8 @@ def deploy(
             raise InputError("GPU hosts: MPS daemon management is not built yet (issue 7); use --dry-run and its start script")
         from executor.deployment import check_loadable, serve
 
-        check_loadable(loaded, plan)
-        serve(loaded, procs, state_dir, host, port, api_key, ray)
+        check_loadable(loaded, plan, backend)
+        serve(loaded, procs, state_dir, host, port, api_key, ray, backend)
         return
     from muxplan.render import console
     from executor.render import processes_table
