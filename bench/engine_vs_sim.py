@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from muxplan.files import save_contract  # noqa: E402
-from muxplan.schema import (Cluster, GpuSpec, NodeSpec, PlacedModel, Plan, Slo, SolverRecord, TraceRow, Unit, Workload,  # noqa: E402
-                            WorkloadModel, LengthDist)
+from muxplan.schema import (Cluster, LengthDist, NodeSpec, PlacedModel, Plan, Slo, SolverRecord, TraceRow, Unit, Workload,  # noqa: E402
+                            WorkloadModel)
 
 MODELS = {"hot": ("llama", 0), "warm": ("qwen2", 1), "cold": ("llama", 2)}
 RATES_RPS = {"hot": 6.0, "warm": 2.0, "cold": 0.7}
@@ -36,7 +36,6 @@ PROMPT_TOKENS = (32, 192)
 OUTPUT_TOKENS = (16, 96)
 HIDDEN, LAYERS = 256, 4
 KV_BYTES = 48 * 2**20
-CPU = GpuSpec(name="cpu", memory_bytes=24 * 2**30, num_sms=2, peak_bf16_flops=1e11, hbm_bytes_per_s=2e10, link_bytes_per_s=1e10)
 
 
 def build_models(folder: Path) -> dict[str, Path]:
@@ -53,43 +52,47 @@ def profile(paths: dict[str, Path], folder: Path) -> None:
                         "--out", str(folder / f"{name}.json")], check=True, cwd=ROOT, capture_output=True)
 
 
-def make_plan(paths: dict[str, Path]) -> Plan:
-    models = [PlacedModel(name=n, model=str(p), tp=1, prefill_sm_pct=100, decode_sm_pct=100, kv_bytes=KV_BYTES, max_num_seqs=64,
-                          routing_share=1.0, rate_rps=RATES_RPS[n], predicted_rps=RATES_RPS[n]) for n, p in paths.items()]
-    total = sum(RATES_RPS.values())
-    return Plan(cluster=Cluster(nodes=[NodeSpec(name="this-machine", gpu="cpu", num_gpus=1)], gpus=[CPU]),
+def make_plan(refs: dict[str, Path | str], rates: dict[str, float] = RATES_RPS, kv_bytes: int = KV_BYTES, gpu: str = "cpu",
+              sm_pct: tuple[int, int] = (100, 100), max_num_seqs: int = 64) -> Plan:
+    """One unit on one device hosting every model of ``refs`` with (prefill, decode) SM shares ``sm_pct``."""
+    models = [PlacedModel(name=n, model=str(p), tp=1, prefill_sm_pct=sm_pct[0], decode_sm_pct=sm_pct[1], kv_bytes=kv_bytes, max_num_seqs=max_num_seqs,
+                          routing_share=1.0, rate_rps=rates[n], predicted_rps=rates[n]) for n, p in refs.items()]
+    total = sum(rates.values())
+    return Plan(cluster=Cluster(nodes=[NodeSpec(name="this-machine", gpu=gpu, num_gpus=1)]),
                 solver=SolverRecord(method="spatial", objective="throughput", value=total),
-                units=[Unit(id=0, node=0, gpu="cpu", gpu_ids=[0], predicted_rps=total, models=models)],
+                units=[Unit(id=0, node=0, gpu=gpu, gpu_ids=[0], predicted_rps=total, models=models)],
                 demand_rps=total, served_rps=total, num_gpus_used=1)
 
 
-def make_workload(paths: dict[str, Path], duration_s: float, rate_scale: float, seed: int) -> Workload:
+def make_workload(refs: dict[str, Path | str], duration_s: float, rate_scale: float, seed: int, rates: dict[str, float] = RATES_RPS,
+                  prompt_tokens: tuple[int, int] = PROMPT_TOKENS, output_tokens: tuple[int, int] = OUTPUT_TOKENS) -> Workload:
+    """Poisson arrivals per model at ``rate x rate_scale``, uniform prompt and output lengths in [low, high)."""
     rng = np.random.default_rng(seed)
     rows = []
-    for name, rate in RATES_RPS.items():
+    for name, rate in rates.items():
         t = 0.0
         while True:
             t += rng.exponential(1.0 / (rate * rate_scale))
             if t >= duration_s:
                 break
-            rows.append(TraceRow(arrival_s=round(t, 4), model=name, prompt_tokens=int(rng.integers(*PROMPT_TOKENS)),
-                                 output_tokens=int(rng.integers(*OUTPUT_TOKENS))))
+            rows.append(TraceRow(arrival_s=round(t, 4), model=name, prompt_tokens=int(rng.integers(*prompt_tokens)),
+                                 output_tokens=int(rng.integers(*output_tokens))))
     rows.sort(key=lambda r: r.arrival_s)
     def uniform(bounds):
         return LengthDist(kind="uniform", mean=float(np.mean(bounds)), low=bounds[0], high=bounds[1] - 1)
 
-    models = [WorkloadModel(name=n, model=str(paths[n]), rate_rps=r * rate_scale, prompt_tokens=uniform(PROMPT_TOKENS),
-                            output_tokens=uniform(OUTPUT_TOKENS), slo=Slo()) for n, r in RATES_RPS.items()]
+    models = [WorkloadModel(name=n, model=str(refs[n]), rate_rps=r * rate_scale, prompt_tokens=uniform(prompt_tokens),
+                            output_tokens=uniform(output_tokens), slo=Slo()) for n, r in rates.items()]
     return Workload(name=f"engine-vs-sim-x{rate_scale}", duration_s=duration_s, seed=seed, models=models, requests=rows,
                     source="bench/engine_vs_sim.py")
 
 
-def replay(plan: Plan, workload: Workload) -> dict[str, np.ndarray]:
+def replay(plan: Plan, workload: Workload, policy: str = "adbs", device: str = "cpu") -> dict[str, np.ndarray]:
     """Real-time replay through the engine; per-request columns like the simulator's records."""
     from executor.engine.engine import Engine, served_models
     from executor.engine.sampler import SamplingParams
 
-    engine = Engine(served_models(plan, 0), policy="adbs")
+    engine = Engine(served_models(plan, 0), policy=policy, device=device)
     stop = threading.Event()
     loop = threading.Thread(target=engine.serve, args=(stop,), daemon=True)
     loop.start()
@@ -115,9 +118,9 @@ def replay(plan: Plan, workload: Workload) -> dict[str, np.ndarray]:
             "output_tokens": np.array([len(s.output_ids) for s in seqs]), "preemptions": np.array([s.num_preemptions for s in seqs])}
 
 
-def simulate(plan_path: Path, workload_path: Path, profiles: Path) -> dict:
+def simulate(plan_path: Path, workload_path: Path, profiles: Path, policy: str = "adbs") -> dict:
     out = subprocess.run([sys.executable, "-m", "muxplan", "simulate", str(plan_path), "--workload", str(workload_path), "--profile", str(profiles),
-                          "--json"], check=True, cwd=ROOT, capture_output=True, text=True)
+                          "--policy", policy, "--json"], check=True, cwd=ROOT, capture_output=True, text=True)
     return json.loads(out.stdout)["runs"][0]["summary"]
 
 
@@ -126,7 +129,7 @@ def stats(rec: dict[str, np.ndarray], sel: np.ndarray) -> dict:
     multi = sel & (rec["output_tokens"] > 1)
     tpot = ((rec["finish_s"] - rec["first_token_s"]) / np.maximum(rec["output_tokens"] - 1, 1))[multi]
     span = float(rec["finish_s"].max() - rec["arrival_s"].min())
-    return {"throughput_rps": float(sel.sum() / span), "ttft_ms": [float(v) * 1e3 for v in np.percentile(ttft, (50, 90, 99))],
+    return {"num_requests": int(sel.sum()), "throughput_rps": float(sel.sum() / span), "ttft_ms": [float(v) * 1e3 for v in np.percentile(ttft, (50, 90, 99))],
             "tpot_ms": [float(v) * 1e3 for v in np.percentile(tpot, (50, 90, 99))], "preemptions": int(rec["preemptions"][sel].sum())}
 
 

@@ -144,10 +144,25 @@ class CausalLm(nn.Module):
         return self.lm_head(h).float()
 
 
+def _empty_model(spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> CausalLm:
+    """Parameters allocated once, directly in ``dtype`` on ``device`` (no fp32 copy of a 14B model, no wasted init)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("meta"):
+            model = CausalLm(spec)
+    finally:
+        torch.set_default_dtype(previous)
+    model = model.to_empty(device=device)
+    model.model.rotary.inv_freq = rope_inv_freq(spec).to(device)
+    if spec.tie_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
+
+
 def load_model(spec: ModelSpec, path: str | Path | None, dtype: torch.dtype, device: torch.device, seed: int = 0) -> CausalLm:
     """The model with weights from a local safetensors folder, or random weights at the real shapes."""
-    with torch.device(device):
-        model = CausalLm(spec).to(dtype)
+    model = _empty_model(spec, dtype, device)
     if path is None:
         gen = torch.Generator(device=device).manual_seed(seed)
         with torch.no_grad():
