@@ -40,10 +40,11 @@ test: $(VENV)/.full
 test-fast: $(VENV)/.full
 	$(BIN)/python -m pytest -m "not slow"
 
-# Two tiny local models (random weights, locally trained tokenizer) for examples/tiny.
+# Three tiny local models (random weights, locally trained tokenizer) for examples/tiny.
 tiny-models: $(VENV)/.full
 	$(BIN)/python -m executor.tiny_models examples/tiny/models/tiny-llama --arch llama --seed 0
 	$(BIN)/python -m executor.tiny_models examples/tiny/models/tiny-qwen --arch qwen2 --seed 1
+	$(BIN)/python -m executor.tiny_models examples/tiny/models/tiny-llama-b --arch llama --seed 2
 
 clean:
 	rm -rf $(VENV) $(OUT)

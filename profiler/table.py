@@ -4,6 +4,8 @@ Exact at measured points and monotone between neighbours (piecewise linear). Bet
 percentages latency is interpolated linearly in SM%. Outside the measured range the model either
 extrapolates (``extrapolate=True``: the last segment's log-log slope, never negative, continued) or
 raises InputError naming the point; it never silently clamps. ``tp`` must have been measured.
+A profile from a device without SM partitioning (``sm_mechanism == "none"``, a CPU, measured at 100%
+only) answers for a share s with latency(100%) x 100 / s: the job gets that share of the device's time.
 """
 from __future__ import annotations
 
@@ -39,8 +41,8 @@ def _interp_1d(xs: list[float], ys: list[float], x: float, extrapolate: bool, wh
 class ProfileTable:
     """One (model, phase, tp) surface: latency_ms over (sm_pct, batch, tokens)."""
 
-    def __init__(self, points: list[ProfilePoint], extrapolate: bool, label: str):
-        self.extrapolate, self.label = extrapolate, label
+    def __init__(self, points: list[ProfilePoint], extrapolate: bool, label: str, time_sliced: bool = False):
+        self.extrapolate, self.label, self.time_sliced = extrapolate, label, time_sliced
         grid: dict[int, dict[int, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
         for p in points:
             grid[p.sm_pct][p.batch][p.tokens] = p.latency_ms
@@ -55,6 +57,9 @@ class ProfileTable:
 
     def latency_ms(self, sm_pct: float, batch: float, tokens: float) -> float:
         sms = self.sms
+        if self.time_sliced and sms == [100]:
+            # no SM partitioning on this device (a CPU): a share of it is a share of its time
+            return self._at_sm(100, batch, tokens) * 100.0 / sm_pct
         if sm_pct in self.grid:
             return self._at_sm(int(sm_pct), batch, tokens)
         if not sms[0] <= sm_pct <= sms[-1]:
@@ -83,12 +88,16 @@ class TableCostModel:
 
     def __init__(self, profiles: list[Profile], extrapolate: bool = True, fallback=None):
         by_key: dict[tuple[str, str], dict[Key, list[ProfilePoint]]] = defaultdict(lambda: defaultdict(list))
+        sliced: set[tuple[str, str]] = set()
         for prof in profiles:
             name = _spec_name(prof.model)
+            if prof.sm_mechanism == "none":
+                sliced.add((prof.gpu, name))
             for p in prof.points:
                 by_key[(prof.gpu, name)][(name, p.phase, p.tp)].append(p)
         self.tables = {
-            pair: {key: ProfileTable(pts, extrapolate, f"profile {pair[1]} on {pair[0]} {key[1]} tp={key[2]}") for key, pts in keys.items()}
+            pair: {key: ProfileTable(pts, extrapolate, f"profile {pair[1]} on {pair[0]} {key[1]} tp={key[2]}", pair in sliced)
+                   for key, pts in keys.items()}
             for pair, keys in by_key.items()
         }
         self.fallback = fallback

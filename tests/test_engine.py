@@ -13,7 +13,7 @@ from executor.engine.model import load_model  # noqa: E402
 from executor.engine.runner import ModelRunner  # noqa: E402
 from executor.engine.sampler import SamplingParams, sample  # noqa: E402
 from executor.engine.sequence import Sequence  # noqa: E402
-from muxplan.catalog import get_model  # noqa: E402
+from muxplan.catalog import get_gpu, get_model  # noqa: E402
 from muxplan.files import InputError  # noqa: E402
 from tests.engine_fixtures import colocated_plan  # noqa: E402
 
@@ -194,3 +194,42 @@ def test_served_models_reads_the_plan_unit(tiny_models):
     engine = Engine(models)
     quotas = [s.quota_bytes for s in engine.scheduler.slots]
     assert quotas[0] == pytest.approx(3 * quotas[1], rel=1e-6)  # rate x KV bytes per token (same shapes)
+
+
+def test_profile_solve_deploy_loop_on_cpu_through_the_engine(tiny_models, tmp_path):
+    """`muxplan profile --backend engine` (resumable) -> time-sliced cost model -> `muxplan solve` colocates on one CPU."""
+    from muxplan.files import load_contract
+    from muxplan.schema import Plan, Profile
+    from profiler.table import TableCostModel
+    from tests.helpers import run_cli
+
+    grid = ("--gpu", "cpu", "--tokens", "8,32", "--repeats", "1")
+    for name in ("llama", "qwen"):
+        run_cli("profile", "--backend", "engine", "--model", tiny_models[name], "--batches", "1,2", *grid,
+                "--out", tmp_path / "profiles" / f"{name}.json", check=True)
+    first = load_contract(tmp_path / "profiles" / "llama.json", Profile)
+    assert (first.engine, first.sm_mechanism, first.gpu, len(first.points)) == ("muxplan-engine", "none", "cpu", 8)
+    run_cli("profile", "--backend", "engine", "--model", tiny_models["llama"], "--batches", "1,2,4", *grid,
+            "--out", tmp_path / "profiles" / "llama.json", check=True)  # resumes: only batch 4 is new
+    again = load_contract(tmp_path / "profiles" / "llama.json", Profile)
+    assert len(again.points) == 12 and [p for p in again.points if p.batch < 4] == first.points
+    bad = run_cli("profile", "--backend", "engine", "--model", tiny_models["llama"], "--sm", "50", *grid, "--out", tmp_path / "x.json")
+    assert bad.returncode == 2 and "--sm: SM partitions need a GPU; on CPU only 100 exists" in bad.stderr
+
+    cost = TableCostModel([again])
+    spec, gpu = get_model(str(tiny_models["llama"])), get_gpu("cpu")
+    assert cost.decode_ms(spec, gpu, 1, 50, 2, 32) == pytest.approx(2 * cost.decode_ms(spec, gpu, 1, 100, 2, 32))  # a share of the time
+
+    workload = tmp_path / "workload.yaml"
+    workload.write_text("schema_version: 1\nname: loop\nmodels:\n" + "".join(
+        f"- {{name: {n}, model: {tiny_models[n]}, rate_rps: {r}, prompt_tokens: {{kind: fixed, mean: 16}}, output_tokens: {{kind: fixed, mean: 8}}}}\n"
+        for n, r in (("llama", 3.0), ("qwen", 1.0))))
+    run_cli("solve", "--workload", workload, "--cluster", "1x1xcpu", "--profile", tmp_path / "profiles", "--solver", "exact",
+            "--out", tmp_path / "plan.json", check=True)
+    plan = load_contract(tmp_path / "plan.json", Plan)
+    assert [sorted(m.name for m in u.models) for u in plan.units] == [["llama", "qwen"]]
+    assert plan.served_rps == pytest.approx(4.0)
+    engine = Engine(served_models(plan, 0))
+    seqs = [engine.add_request(m, [3, 4, 5], GREEDY) for m in ("llama", "qwen")]
+    engine.run_until_idle()
+    assert [len(s.output_ids) for s in seqs] == [8, 8]
