@@ -4,6 +4,8 @@ Processes start one at a time, each after the previous answers /health (processe
 not race for memory). A watcher thread polls every process: a dead or unhealthy one is reported to the
 router (``on_health``) and restarted with exponential backoff. The state file in the state directory
 is what `muxplan status` shows. ``stop`` terminates every process group (then kills what is left).
+On GPU hosts the MPS control daemons the processes' environments name are started before the first
+process and stopped after the last.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from executor.launcher import ProcessSpec
+from executor.mps import daemons_for
 from muxplan.files import write_text_atomic
 
 STATE_FILE = "deployment.json"
@@ -50,6 +53,7 @@ class Supervisor:
         self.start_timeout_s, self.poll_s, self.health_host = start_timeout_s, poll_s, health_host
         self.stopping = threading.Event()
         self.watcher: threading.Thread | None = None
+        self.mps = daemons_for([s.env for s in specs])
         (state_dir / "logs").mkdir(parents=True, exist_ok=True)
 
     def _spawn(self, r: Running) -> None:
@@ -69,7 +73,9 @@ class Supervisor:
         return False
 
     def start(self) -> None:
-        """Start every process in order, each once the previous is healthy; then watch them."""
+        """Start the MPS daemons, then every process in order, each once the previous is healthy; then watch them."""
+        for daemon in self.mps:
+            daemon.start()
         for r in self.running:
             self._spawn(r)
             r.healthy = self._wait_healthy(r)
@@ -126,4 +132,6 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        for daemon in self.mps:
+            daemon.stop()
         (self.state_dir / STATE_FILE).unlink(missing_ok=True)

@@ -30,10 +30,14 @@ def deploy(
 
     loaded = load_contract(plan, Plan)
     on_gpu = gpu or shutil.which("nvidia-smi") is not None
-    procs = build_processes(loaded, backend, plan, state_dir, host, port + 1, on_gpu)
+    uuids = {}
+    if on_gpu and not ray:  # one host serves every unit: address its GPUs by UUID, as MPS wants
+        from executor.mps import local_gpu_uuids
+
+        found = local_gpu_uuids()
+        uuids = {(u.node, g): found[g] for u in loaded.units for g in u.gpu_ids if g < len(found)}
+    procs = build_processes(loaded, backend, plan, state_dir, host, port + 1, on_gpu, uuids)
     if not dry_run:
-        if on_gpu:
-            raise InputError("GPU hosts: MPS daemon management is not built yet (issue 7); use --dry-run and its start script")
         from executor.deployment import check_loadable, serve
 
         check_loadable(loaded, plan, backend)
