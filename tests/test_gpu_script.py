@@ -23,6 +23,8 @@ def test_validate_script_runs_every_step_on_cpu(tmp_path):
     assert set(report["analytic"]["mape_pct"]) >= {"decode", "prefill"}
     assert [r["batch"] for r in report["speed"]["decode"]] == [1, 4, 16]
     assert all(0 < r["fraction_of_roofline"] for r in report["speed"]["decode"])
+    att = report["attention"]
+    assert att["max_abs_diff"] < 1e-4 and att["paged_ms"] > 0 and att["reference_ms"] > 0
     runs = report["multiplexing"]["runs"]
     assert sorted(runs) == ["adbs", "static-split", "temporal"]
     for run in runs.values():

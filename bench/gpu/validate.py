@@ -8,7 +8,8 @@ Steps (each writes OUT/<step>.json; a step that would overrun --budget-s is skip
 1. profiles: ``muxplan profile --backend engine`` code path (run_profile + EngineProbe) per model and SM% -> OUT/profiles/;
 2. analytic: the roofline fitted to these profiles, MAPE per phase;
 3. speed: decode tokens/s of the first model vs the memory roofline (weights + KV bytes per step / measured copy
-   bandwidth) and prefill TFLOP/s vs the measured matmul peak;
+   bandwidth) and prefill TFLOP/s vs the measured matmul peak; paged decode attention, batched (gather + SDPA)
+   vs the simple per-sequence version;
 4. multiplexing: the three models on one device with a skewed trace: ADBS with SM partitions vs one job at a
    time (temporal) vs a static split (every job at a third of the SMs), same trace, throughput and TTFT/TPOT p50/p99;
 5. fidelity: ``muxplan simulate`` with the measured profiles on the same plan and trace, errors vs the real runs.
@@ -161,6 +162,40 @@ def step_speed(model_ref: str, profile_path: Path, device: str, decode_context: 
             "decode": sorted(decode, key=lambda r: r["batch"]), "prefill": sorted(prefill, key=lambda r: (r["batch"], r["tokens"]))}
 
 
+def step_attention(device: str, batch: int, context: int, heads: int, kv_heads: int, head_dim: int) -> dict:
+    """Batched paged decode attention (gather + SDPA) against the simple per-sequence version, same inputs."""
+    import torch
+
+    from executor.engine.attention import decode_paged, decode_reference
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    block_tokens = 16
+    num_logical = -(-context // block_tokens)
+    gen = torch.Generator(device=device).manual_seed(0)
+    cache = torch.randn(batch * num_logical * kv_heads, 2, block_tokens, head_dim, device=device, dtype=dtype, generator=gen)
+    tables = torch.randperm(cache.shape[0], device=device, generator=gen).view(batch, num_logical, kv_heads)
+    q = torch.randn(batch, heads, head_dim, device=device, dtype=dtype, generator=gen)
+    lens = torch.full((batch,), context, device=device)
+
+    def timed(fn) -> float:
+        fn(q, cache, tables, lens)
+        samples = []
+        for _ in range(5):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn(q, cache, tables, lens)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            samples.append((time.perf_counter() - start) * 1e3)
+        return float(np.median(samples))
+
+    diff = float((decode_paged(q, cache, tables, lens).float() - decode_reference(q, cache, tables, lens).float()).abs().max())
+    paged_ms, reference_ms = timed(decode_paged), timed(decode_reference)
+    return {"batch": batch, "context": context, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "dtype": str(dtype),
+            "paged_ms": paged_ms, "reference_ms": reference_ms, "speedup": reference_ms / paged_ms, "max_abs_diff": diff}
+
+
 def _capacity_scale(plan, refs, rates, profiles_dir: Path, lengths: dict, seed: int) -> float:
     """Rate scale at which the simulator (measured profiles, ADBS) still serves >= 95% of demand, searched by doubling."""
     from planner.sim.engine import simulate_plan
@@ -236,6 +271,10 @@ def render(report: dict) -> None:
             t.add_row(label, f"{e['throughput_rps']:.2f}", f"{e['ttft_ms'][0]:.1f}", f"{e['ttft_ms'][2]:.1f}", f"{e['tpot_ms'][0]:.2f}",
                       f"{e['tpot_ms'][2]:.2f}", f"{err['throughput']:+.1f}", f"{err['ttft_p50']:+.1f}", f"{err['tpot_p50']:+.1f}")
         con.print(t)
+    att = report.get("attention")
+    if isinstance(att, dict):
+        con.print(f"paged decode attention (batch {att['batch']}, context {att['context']}): gather+SDPA {att['paged_ms']:.2f} ms vs "
+                  f"per-sequence {att['reference_ms']:.2f} ms ({att['speedup']:.1f}x), max diff {att['max_abs_diff']:.1e}")
     analytic = report.get("analytic")
     if isinstance(analytic, dict):
         con.print("analytic roofline MAPE %: " + ", ".join(f"{k} {v}" for k, v in analytic["mape_pct"].items() if " " not in k))
@@ -267,18 +306,21 @@ def main() -> None:
         mux = {"sm_adbs": (100, 100) if device == "cpu" else (50, 30), "sm_static": 100 if device == "cpu" else 30, "kv_bytes": 16 * 2**20,
                "duration_s": args.duration or 6.0, "lengths": {"prompt_tokens": (16, 96), "output_tokens": (8, 48)}}
         decode_context = 128
+        attention = {"batch": 16, "context": 256, "heads": 4, "kv_heads": 2, "head_dim": 32}
     else:
         refs = dict(GPU_MODELS)
         grid = {"sm": (30, 50, 70, 100), "batches": (1, 4, 16, 64, 256), "tokens": (128, 512, 2048), "repeats": 3, "min_left_s": 240}
         mux = {"sm_adbs": (50, 30), "sm_static": 30, "kv_bytes": 6 * 2**30, "duration_s": args.duration or 30.0,
                "lengths": {"prompt_tokens": (128, 1024), "output_tokens": (32, 256)}}
         decode_context = 512
+        attention = {"batch": 64, "context": 1024, "heads": 32, "kv_heads": 8, "head_dim": 128}
     report["config"] = {"models": refs, "grid": {k: v for k, v in grid.items()}, "multiplexing": mux, "gpu": gpu}
     profiles_dir = out / "profiles"
     steps = [
         ("profiles", lambda: step_profiles(refs, gpu, grid, profiles_dir, budget)),
         ("analytic", lambda: step_analytic(gpu, profiles_dir)),
         ("speed", lambda: step_speed(next(iter(refs.values())), profiles_dir / f"{next(iter(refs))}.json", device, decode_context)),
+        ("attention", lambda: step_attention(device, **attention)),
         ("multiplexing", lambda: step_multiplexing(refs, profiles_dir, out, device, mux["sm_adbs"], mux["sm_static"], mux["kv_bytes"],
                                                    mux["duration_s"], mux["lengths"], args.seed, args.load, budget)),
     ]
