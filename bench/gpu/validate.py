@@ -232,9 +232,21 @@ def step_multiplexing(refs: dict[str, str], profiles_dir: Path, work: Path, devi
         plan = evs.make_plan(refs, rates, kv_bytes, evs_gpu(device), sm)
         save_contract(work / f"plan-{label}.json", plan)
         rec = evs.replay(plan, workload, policy=policy, device=device)
+        _release_device()
         sim = evs.simulate(work / f"plan-{label}.json", work / "workload.json", profiles_dir, policy)
         result["runs"][label] = {"policy": policy, "sm_pct": sm, "fidelity": evs.compare(rec, sim, names)}
     return result
+
+
+def _release_device() -> None:
+    """Free the last engine's weights and KV pool before the next one loads."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def evs_gpu(device: str) -> str:
@@ -310,7 +322,7 @@ def main() -> None:
     else:
         refs = dict(GPU_MODELS)
         grid = {"sm": (30, 50, 70, 100), "batches": (1, 4, 16, 64, 256), "tokens": (128, 512, 2048), "repeats": 3, "min_left_s": 240}
-        mux = {"sm_adbs": (50, 30), "sm_static": 30, "kv_bytes": 6 * 2**30, "duration_s": args.duration or 30.0,
+        mux = {"sm_adbs": (50, 30), "sm_static": 30, "kv_bytes": 4 * 2**30, "duration_s": args.duration or 30.0,
                "lengths": {"prompt_tokens": (128, 1024), "output_tokens": (32, 256)}}
         decode_context = 512
         attention = {"batch": 64, "context": 1024, "heads": 32, "kv_heads": 8, "head_dim": 128}

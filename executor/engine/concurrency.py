@@ -31,6 +31,9 @@ class SerialJobs:
         done, self._done = self._done, []
         return done
 
+    def poke(self) -> None:
+        """Nothing waits here: jobs finish inside submit."""
+
     def close(self) -> None:
         pass
 
@@ -90,14 +93,19 @@ class StreamJobs:
             self._done.put((job, tokens, time.monotonic()))
 
     def wait(self, timeout_s: float) -> list[tuple[object, list[int], float]]:
-        done = []
+        """Finished jobs; blocks until one finishes, ``poke`` is called or ``timeout_s`` passes."""
+        items = []
         try:
-            done.append(self._done.get(timeout=timeout_s))
+            items.append(self._done.get(timeout=timeout_s))
             while True:
-                done.append(self._done.get_nowait())
+                items.append(self._done.get_nowait())
         except queue.Empty:
             pass
-        return done
+        return [item for item in items if item is not None]
+
+    def poke(self) -> None:
+        """Wake ``wait`` (a request arrived: the policy may start a job beside the running ones)."""
+        self._done.put(None)
 
     def close(self) -> None:
         for inbox in self._workers.values():

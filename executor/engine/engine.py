@@ -120,6 +120,7 @@ class Engine:
             self._inbox.append(("add", seq))
             self._in_flight += 1
             self._wake.notify()
+        self.jobs.poke()
         return seq
 
     def abort(self, seq_id: int) -> None:

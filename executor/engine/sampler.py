@@ -34,7 +34,8 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
             before = sorted_probs.cumsum(0) - sorted_probs  # mass of strictly better tokens
             sorted_probs = sorted_probs.masked_fill(before >= p.top_p, 0.0)
             probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-        # exponential race: argmax p / E with E ~ Exp(1) samples from p, and takes a generator
+        # exponential race: argmax p / E with E ~ Exp(1) samples from p; on the CPU, where the generators live
+        probs = probs.cpu()
         noise = torch.empty_like(probs).exponential_(1.0, generator=generators[i])
         out[i] = int((probs / noise).argmax())
     return out
