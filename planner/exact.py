@@ -15,7 +15,8 @@ rates x_{i,o} >= 0 maximising  sum pi_i x_{i,o} - mu_t n  subject to exactly the
 constraints (planner.estimator): x_{i,o} <= r_i y_{i,o}, sum_o y_{i,o} <= 1, memory
 sum mem_{i,o} y_{i,o} <= usable, decode SM sum sm_o y_{i,o} <= 120, and for every i
 sum_o d_{i,o} x_{i,o} + sum_{j,o} p_{j,o} x_{j,o} <= 1. So the estimator of the final plan equals the
-objective. Bound (Lagrangian, valid at every iteration):
+objective. The pricing MILP is tightened by valid aggregated time shares (decode time weighted by SM, memory
+or model-count share, plus all prefill, <= 1) and by dominance rows between interchangeable models. Bound (Lagrangian, valid at every iteration):
     UB = sum_i (w_i - pi_i) r_i + sum_t mu_t G_t + sum_t G_t max(0, max_n rc*_{t,n} / n)
 with rc*_{t,n} the pricing MILP's dual bound; minimising over mu_t for the same pi gives
     UB = sum_i max(0, w_i - pi_i) r_i + sum_t G_t max_n (R*_{t,n} / n),  R*_{t,n} = max sum pi_i x_i,
@@ -76,16 +77,34 @@ def _highs():
     return h
 
 
+def _dominance_pairs(demands, cand, pi):
+    """(j, i) for interchangeable models (same option table) where i is at least as good as j: a dual at
+    least as high and a rate at least as high (ties broken by index). Any unit hosting j but not i is
+    no better than the same unit with i in j's place, so "j only if i" keeps an optimal unit."""
+    twins = _twins(demands)
+    pairs = []
+    for j in cand:
+        for i in twins[j]:
+            if i == j or i not in cand:
+                continue
+            key_i, key_j = (pi[i], demands[i].rate_rps, -i), (pi[j], demands[j].rate_rps, -j)
+            if pi[i] >= pi[j] and demands[i].rate_rps >= demands[j].rate_rps and key_i > key_j:
+                pairs.append((j, i))
+    return pairs
+
+
 def _price(demands, gpu, n, cost_model, pi, time_limit_s):
     """Best unit of mesh size n for duals pi: (dual bound, objective, UnitChoice members) or None."""
     h = _highs()
     h.setOptionValue("time_limit", max(0.05, time_limit_s))
     h.setOptionValue("mip_rel_gap", 1e-6)
+    h.setOptionValue("presolve", "off")  # HiGHS presolve (probing) costs more than it saves on this small model
+    usable = usable_bytes(gpu)
     cand = [i for i, d in enumerate(demands) if pi[i] > TOL and d.rate_rps > 0]
     ys, xs, opts = {}, {}, {}
     for i in cand:
         for k, o in enumerate(model_options(demands[i], gpu, n, cost_model)):
-            if o.decode_sm_pct < 100 and o.mem_bytes <= usable_bytes(gpu):
+            if o.decode_sm_pct < 100 and o.mem_bytes <= usable:
                 opts[i, k] = o
                 ys[i, k] = h.addBinary()
                 # a model never serves more than its demand, nor more than its option allows alone on the
@@ -95,17 +114,26 @@ def _price(demands, gpu, n, cost_model, pi, time_limit_s):
                 h.addConstr(xs[i, k] - cap * ys[i, k] <= 0)
     if not opts:
         return None
+    mine = {i: [key for key in opts if key[0] == i] for i in cand}
     for i in cand:
-        mine = [key for key in opts if key[0] == i]
-        if mine:
-            h.addConstr(sum(ys[key] for key in mine) <= 1)
-    h.addConstr(sum(opts[key].mem_bytes / 2**30 * ys[key] for key in opts) <= usable_bytes(gpu) / 2**30)
+        if mine[i]:
+            h.addConstr(sum(ys[key] for key in mine[i]) <= 1)
+    h.addConstr(sum(opts[key].mem_bytes / 2**30 * ys[key] for key in opts) <= usable / 2**30)
     h.addConstr(sum(opts[key].decode_sm_pct * ys[key] for key in opts) <= SM_BUDGET_PCT)
+    most = SM_BUDGET_PCT // min(o.decode_sm_pct for o in opts.values())  # models per unit
+    h.addConstr(sum(ys.values()) <= most)
     prefill = sum(opts[key].prefill_s_per_req * xs[key] for key in opts)
     for i in cand:
-        mine = [key for key in opts if key[0] == i]
-        if mine:
-            h.addConstr(sum(opts[key].decode_s_per_req * xs[key] for key in mine) + prefill <= 1)
+        if mine[i]:
+            h.addConstr(sum(opts[key].decode_s_per_req * xs[key] for key in mine[i]) + prefill <= 1)
+    # Valid aggregated time shares: for weights a_io with sum a_io y_io <= 1 in every unit (SM share / budget,
+    # memory / usable, 1 / models per unit), summing a_io (d_io x_io) <= a_io (1 - prefill) over the hosted
+    # models gives sum a_io d_io x_io + prefill <= 1. They cut off relaxations that spread a little of many
+    # models over one unit (no decode constraint binds there), which is what made the dual bound weak.
+    for weight in (lambda o: o.decode_sm_pct / SM_BUDGET_PCT, lambda o: o.mem_bytes / usable, lambda o: 1.0 / most):
+        h.addConstr(sum(weight(opts[key]) * opts[key].decode_s_per_req * xs[key] for key in opts) + prefill <= 1)
+    for j, i in _dominance_pairs(demands, [i for i in cand if mine[i]], pi):
+        h.addConstr(sum(ys[key] for key in mine[j]) - sum(ys[key] for key in mine[i]) <= 0)
     h.maximize(sum(pi[key[0]] * xs[key] for key in opts))
     info = h.getInfo()
     bound = info.mip_dual_bound if info.mip_dual_bound == info.mip_dual_bound else float("inf")
@@ -128,6 +156,17 @@ def _single_columns(demands, gpus, cost_model):
                     cols.append(UnitChoice(n, t, ((i, best, min(best.max_rps, d.rate_rps)),)))
             n *= 2
     return cols
+
+
+def _best_single(demands, gpu, n, cost_model, pi) -> float:
+    """max_i pi_i x_i over one model alone on a mesh of n GPUs, any option (a column pricing omits)."""
+    best = 0.0
+    for i, d in enumerate(demands):
+        if pi[i] > TOL and d.rate_rps > 0:
+            rates = [o.max_rps for o in model_options(d, gpu, n, cost_model) if o.mem_bytes <= usable_bytes(gpu)]
+            if rates:
+                best = max(best, pi[i] * min(d.rate_rps, max(rates)))
+    return best
 
 
 def _master_lp(cols, demands, w, gpu_counts):
@@ -188,6 +227,8 @@ def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen):
             priced = _price(demands, gpu, n, cost_model, pi, min(left, price_s))
             if priced:
                 dual_bound, value, members = priced
+                # pricing leaves out one model alone at 100% decode SMs (the seed columns): count those too
+                dual_bound = max(dual_bound, _best_single(demands, gpu, n, cost_model, pi))
                 slack[t] = max(slack[t], (dual_bound - mu[t] * n) / n)
                 per_gpu[t] = max(per_gpu[t], dual_bound / n)
                 key = (t, n, tuple((i, o, round(r, 9)) for i, o, r in members))
