@@ -37,6 +37,7 @@ from muxplan.files import InputError
 from muxplan.schema import Cluster
 from planner.estimator import SM_BUDGET_PCT
 from planner.placement import UnitChoice
+from planner.pricing import price_enumerated
 from planner.tables import Demand, model_options
 from profiler.memory import usable_bytes
 
@@ -224,7 +225,7 @@ def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen):
             if left <= 0:
                 slack[t] = per_gpu[t] = float("inf")  # not priced: no bound from this round
                 break
-            priced = _price(demands, gpu, n, cost_model, pi, min(left, price_s))
+            priced = price_enumerated(demands, gpu, n, cost_model, pi, TOL) or _price(demands, gpu, n, cost_model, pi, min(left, price_s))
             if priced:
                 dual_bound, value, members = priced
                 # pricing leaves out one model alone at 100% decode SMs (the seed columns): count those too
