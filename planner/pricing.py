@@ -41,6 +41,9 @@ MAX_ROWS = 400_000  # candidate (members, options) rows beyond which the MILP is
 TIE = 1e-9  # duals closer than this count as equal for dominance (costs at most 4 * TIE * max rate)
 
 
+_TABLES: dict[tuple, "_Tables"] = {}
+
+
 def _pareto(opts):
     """Options sorted by memory, keeping only those no smaller option beats in both decode and prefill time."""
     out = []
@@ -147,7 +150,11 @@ def price_enumerated(demands, gpu, n, cost_model, pi, tol: float = 1e-9):
     """(dual bound, objective, members) like exact._price, exactly; None when too large to enumerate."""
     usable = usable_bytes(gpu)
     cand = [i for i, d in enumerate(demands) if pi[i] > tol and d.rate_rps > 0]
-    tables = _Tables(demands, gpu, n, cost_model, usable)
+    key = (id(cost_model), gpu.name, usable, n, tuple((d.spec.name, d.spec.num_layers, round(d.mean_prompt_tokens),
+                                                      round(d.mean_output_tokens)) for d in demands))
+    if key not in _TABLES:
+        _TABLES[key] = _Tables(demands, gpu, n, cost_model, usable)
+    tables = _TABLES[key]
     cand = [i for i in cand if tables.opts[tables.group_of[i], 90]]
     if not cand:
         return None
@@ -182,7 +189,14 @@ def price_enumerated(demands, gpu, n, cost_model, pi, tol: float = 1e-9):
         R = np.concatenate([np.tile([r[i] for i in m], (len(v), 1)) for m, _, _, v in blks])
         P = np.concatenate([np.stack([tables.arr[s][0][v[:, c]] for c, s in enumerate(sig)], axis=1) for _, _, sig, v in blks])
         D = np.concatenate([np.stack([tables.arr[s][1][v[:, c]] for c, s in enumerate(sig)], axis=1) for _, _, sig, v in blks])
-        values, xs = _golden_lp(W, R, P, D)
+        # x_i (p_i + d_i) <= 1 bounds every row; a coarse search gives feasible values (lower bounds):
+        # only rows that could beat the best of them get the full search
+        upper = (W * np.minimum(R, 1.0 / (P + D))).sum(axis=1)
+        coarse = _golden_lp(W, R, P, D, iters=12)[0]
+        live = upper >= max(coarse.max(), best[0]) - 1e-12
+        values = np.full(len(W), -np.inf)
+        xs = np.zeros_like(W)
+        values[live], xs[live] = _golden_lp(W[live], R[live], P[live], D[live])
         top = int(np.argmax(values))
         if values[top] > best[0]:
             row, found = top, None
