@@ -42,6 +42,8 @@ from planner.tables import Demand, model_options
 from profiler.memory import usable_bytes
 
 TOL = 1e-7
+FILL_GAP = 0.015  # see solve_exact: column generation for packing stops once the plan is this close to demand,
+FILL_SHARE = 0.3  # or when this share of the time limit has passed
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,33 @@ def _master_lp(cols, demands, w, gpu_counts):
     return -res.fun, duals[:m], dict(zip(types, duals[m:]))
 
 
+def _min_gpu_lp(cols, demands, gpu_counts):
+    """Duals of min sum_c n_c lambda_c s.t. sum_c a_{c,i} lambda_c >= r_i, per type sum n_c lambda_c <= G_t,
+    as pricing inputs: pi_i >= 0 (GPUs per req/s of model i) and a per-GPU price 1 + (capacity dual); None
+    when the LP fails."""
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    m, c = len(demands), len(cols)
+    types = list(gpu_counts)
+    rows, cidx, vals = [], [], []
+    for k, col in enumerate(cols):
+        for i, _, r in col.members:
+            rows.append(i)
+            cidx.append(k)
+            vals.append(-r)
+        rows.append(m + types.index(col.gpu))
+        cidx.append(k)
+        vals.append(float(col.mesh_size))
+    a_ub = coo_matrix((vals, (rows, cidx)), shape=(m + len(types), c)).tocsr()
+    b_ub = [-d.rate_rps for d in demands] + [float(gpu_counts[t]) for t in types]
+    res = linprog([float(col.mesh_size) for col in cols], A_ub=a_ub, b_ub=b_ub, bounds=(0, None), method="highs")
+    if res.status != 0:
+        return None
+    duals = [-v for v in res.ineqlin.marginals]
+    return duals[:m], {t: 1.0 + duals[m + k] for k, t in enumerate(types)}
+
+
 def _twins(demands: list[Demand]) -> dict[int, list[int]]:
     """Models with the same architecture and mean lengths: their option tables are identical."""
     groups: dict[tuple, list[int]] = {}
@@ -215,7 +244,7 @@ def _clones(demands, col: UnitChoice, pi, mu_t: float) -> list[UnitChoice]:
     return out
 
 
-def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen):
+def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen, exact=True):
     """New columns with positive reduced cost, and per GPU type the best proven reduced cost per GPU."""
     new_cols, slack, per_gpu = [], {t: 0.0 for t in gpus}, {t: 0.0 for t in gpus}
     for t, (gpu, max_n) in gpus.items():
@@ -225,7 +254,13 @@ def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen):
             if left <= 0:
                 slack[t] = per_gpu[t] = float("inf")  # not priced: no bound from this round
                 break
-            priced = price_enumerated(demands, gpu, n, cost_model, pi, TOL) or _price(demands, gpu, n, cost_model, pi, min(left, price_s))
+            priced = price_enumerated(demands, gpu, n, cost_model, pi, TOL)
+            if priced is None and exact:  # too many distinct duals to enumerate: the MILP
+                priced = _price(demands, gpu, n, cost_model, pi, min(left, price_s))
+            if priced is None and not exact:
+                slack[t] = per_gpu[t] = float("inf")
+                n *= 2
+                continue
             if priced:
                 dual_bound, value, members = priced
                 # pricing leaves out one model alone at 100% decode SMs (the seed columns): count those too
@@ -290,6 +325,24 @@ def solve_exact(
 
     remaining = max(0.5, time_limit_s - (time.perf_counter() - start))
     value, units, status = solve_master(cols, demands, w, counts, objective, backend, remaining, seed)
+    if converged and objective in ("throughput", "weighted") and lp >= sum(wi * d.rate_rps for wi, d in zip(w, demands)) * (1 - 1e-9):
+        # The LP serves all demand, so its duals (pi = 0 where served, mu = 0) say nothing about which units pack
+        # well into whole GPUs, and the integer master may fall short. Generate GPU-efficient columns from the LP
+        # that serves all demand on the fewest GPUs until the integer master is within FILL_GAP of the demand (or FILL_SHARE of the time is spent)
+        # (the bound stays the total demand).
+        fill_until = min(deadline, start + FILL_SHARE * time_limit_s)
+        while value < bound * (1 - FILL_GAP) and time.perf_counter() < fill_until:
+            duals = _min_gpu_lp(cols, demands, counts)
+            if duals is None:
+                break
+            new_cols = _pricing_round(demands, gpus, cost_model, duals[0], duals[1], deadline, price_s, seen, exact=False)[0]
+            if not new_cols:
+                break
+            cols += new_cols
+            remaining = max(0.5, min(time_limit_s - (time.perf_counter() - start), FILL_SHARE * time_limit_s))
+            found = solve_master(cols, demands, w, counts, objective, backend, remaining, seed)
+            if found[0] > value:
+                value, units, status = found
     if objective in ("fairness", "min-gpus"):
         bound_out = float("nan")  # the configuration-LP bound is for served rate, not for these objectives
     else:
