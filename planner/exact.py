@@ -44,6 +44,7 @@ from profiler.memory import usable_bytes
 TOL = 1e-7
 FILL_GAP = 0.015  # see solve_exact: column generation for packing stops once the plan is this close to demand,
 FILL_SHARE = 0.3  # or when this share of the time limit has passed
+MASTER_SHARE = 0.9  # of the time left that the integer master may use (model building and plan output need the rest)
 
 
 @dataclass(frozen=True)
@@ -323,7 +324,7 @@ def solve_exact(
                 break
             price_s *= 3  # unproven pricing found nothing: give it more time
 
-    remaining = max(0.5, time_limit_s - (time.perf_counter() - start))
+    remaining = max(0.5, MASTER_SHARE * (time_limit_s - (time.perf_counter() - start)))  # leave room to build the plan
     value, units, status = solve_master(cols, demands, w, counts, objective, backend, remaining, seed)
     if converged and objective in ("throughput", "weighted") and lp >= sum(wi * d.rate_rps for wi, d in zip(w, demands)) * (1 - 1e-9):
         # The LP serves all demand, so its duals (pi = 0 where served, mu = 0) say nothing about which units pack
@@ -339,7 +340,7 @@ def solve_exact(
             if not new_cols:
                 break
             cols += new_cols
-            remaining = max(0.5, min(time_limit_s - (time.perf_counter() - start), FILL_SHARE * time_limit_s))
+            remaining = max(0.5, min(MASTER_SHARE * (time_limit_s - (time.perf_counter() - start)), FILL_SHARE * time_limit_s))
             found = solve_master(cols, demands, w, counts, objective, backend, remaining, seed)
             if found[0] > value:
                 value, units, status = found
