@@ -246,18 +246,22 @@ def _clones(demands, col: UnitChoice, pi, mu_t: float) -> list[UnitChoice]:
 
 
 def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen, exact=True):
-    """New columns with positive reduced cost, and per GPU type the best proven reduced cost per GPU."""
+    """New columns with positive reduced cost, per GPU type the best proven reduced cost per GPU and the best
+    proven pricing value per GPU, and whether every mesh size was priced by (exact) enumeration."""
     new_cols, slack, per_gpu = [], {t: 0.0 for t in gpus}, {t: 0.0 for t in gpus}
+    enumerated = True
     for t, (gpu, max_n) in gpus.items():
         n = 1
         while n <= max_n:
             left = deadline - time.perf_counter()
             if left <= 0:
                 slack[t] = per_gpu[t] = float("inf")  # not priced: no bound from this round
+                enumerated = False
                 break
             priced = price_enumerated(demands, gpu, n, cost_model, pi, TOL)
-            if priced is None and exact:  # too many distinct duals to enumerate: the MILP
+            if priced is None and exact:  # too many distinct duals to enumerate (or nothing fits): the MILP
                 priced = _price(demands, gpu, n, cost_model, pi, min(left, price_s))
+                enumerated = enumerated and priced is None
             if priced is None and not exact:
                 slack[t] = per_gpu[t] = float("inf")
                 n *= 2
@@ -276,7 +280,7 @@ def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen, e
                             seen.add(ckey)
                             new_cols.append(col)
             n *= 2
-    return new_cols, slack, per_gpu
+    return new_cols, slack, per_gpu, enumerated
 
 
 def cluster_gpus(cluster: Cluster):
@@ -311,18 +315,18 @@ def solve_exact(
     while time.perf_counter() < deadline:
         lp, pi, mu = _master_lp(cols, demands, w, counts)
         lagrange = sum(max(0.0, wi - p) * d.rate_rps for wi, p, d in zip(w, pi, demands)) + sum(mu[t] * counts[t] for t in counts)
-        new_cols, slack, per_gpu = _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen)
+        new_cols, slack, per_gpu, enumerated = _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen)
         cols += new_cols
         demand_part = sum(max(0.0, wi - p) * d.rate_rps for wi, p, d in zip(w, pi, demands))
         bound = min(bound, lagrange + sum(counts[t] * max(0.0, slack[t]) for t in counts),
                     demand_part + sum(counts[t] * per_gpu[t] for t in counts))  # the same bound at its best mu
         if not new_cols:
-            # the restricted LP is the full LP's optimum only when every pricing problem was proven
-            converged = max(slack.values()) <= 1e-6
-            if converged:
-                bound = min(bound, lp)
+            # the restricted LP is the full LP's optimum (up to the slack already in the bound) only when every
+            # pricing problem was proven; enumerated pricing is exact, so pricing again cannot find more
+            converged = all(slack[t] <= 1e-6 * max(1.0, mu[t]) for t in slack)
+            if converged or enumerated:
                 break
-            price_s *= 3  # unproven pricing found nothing: give it more time
+            price_s *= 3  # unproven MILP pricing found nothing: give it more time
 
     remaining = max(0.5, MASTER_SHARE * (time_limit_s - (time.perf_counter() - start)))  # leave room to build the plan
     value, units, status = solve_master(cols, demands, w, counts, objective, backend, remaining, seed)

@@ -95,12 +95,16 @@ class _Tables:
 
 
 def _closed_sets(groups: dict[int, list[int]], w, r, most: int):
-    """Member sets of size 1..most closed under dominators within each group (see module docstring)."""
-    per_group = []
+    """Member sets of size 1..most closed under dominators within each group (see module docstring), and
+    what treating duals within TIE as equal may cost at most."""
+    per_group, loss = [], 0.0
     for members in groups.values():
         order = sorted(members, key=lambda i: (-round(w[i] / TIE), -r[i], i))
         doms = {j: [i for i in order if i != j and w[i] >= w[j] - TIE and r[i] >= r[j]
                     and (round(w[i] / TIE), r[i], -i) > (round(w[j] / TIE), r[j], -j)] for j in order}
+        # a swap j -> i loses at most (w_j - w_i)^+ r_j; a unit sees at most most x len(order) swaps per group
+        worst = max((max(0.0, w[j] - w[i]) * r[j] for j in order for i in doms[j]), default=0.0)
+        loss += most * len(order) * worst
         found = [()]
 
         def grow(chosen, start):
@@ -115,7 +119,7 @@ def _closed_sets(groups: dict[int, list[int]], w, r, most: int):
     out = [()]
     for found in per_group:
         out = [a + b for a in out for b in found if len(a) + len(b) <= most]
-    return [s for s in out if s]
+    return [s for s in out if s], loss
 
 
 def _golden_lp(W, R, P, D, iters: int = 64):
@@ -164,7 +168,7 @@ def price_enumerated(demands, gpu, n, cost_model, pi, tol: float = 1e-9):
         groups.setdefault(tables.group_of[i], []).append(i)
     w = {i: float(pi[i]) for i in cand}
     r = {i: float(demands[i].rate_rps) for i in cand}
-    sets = _closed_sets(groups, w, r, most)
+    sets, tie_loss = _closed_sets(groups, w, r, most)
     lightest = {g: float(tables.arr[g, 30][2][0]) if len(tables.arr[g, 30][2]) else np.inf for g in groups}
     blocks, rows = [], 0
     for members in sets:
@@ -209,4 +213,7 @@ def price_enumerated(demands, gpu, n, cost_model, pi, tol: float = 1e-9):
             members = tuple((i, tables.opts[s][j], float(x)) for i, s, j, x in zip(m, sig, vec, xs[top]) if x > tol)
             best = (float(values[top]), members)
     value, members = best
-    return value + 1e-7 * max(1.0, abs(value)), value, members
+    # the dual bound: the golden-section error (interval ~1e-13 of P) is far below 1e-9 relative; ties within
+    # TIE may lose tie_loss at most
+    slack = 1e-9 * max(1.0, abs(value)) + tie_loss
+    return value + slack, value, members
