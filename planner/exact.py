@@ -175,17 +175,25 @@ def _best_single(demands, gpu, n, cost_model, pi) -> float:
 
 def _master_lp(cols, demands, w, gpu_counts):
     from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
 
     m, c = len(demands), len(cols)
     types = list(gpu_counts)
     cost = [0.0] * c + [-wi for wi in w]
-    a_ub, b_ub = [], []
-    for i in range(m):
-        a_ub.append([-sum(r for j, _, r in col.members if j == i) for col in cols] + [1.0 if k == i else 0.0 for k in range(m)])
-        b_ub.append(0.0)
-    for t in types:
-        a_ub.append([float(col.mesh_size) if col.gpu == t else 0.0 for col in cols] + [0.0] * m)
-        b_ub.append(float(gpu_counts[t]))
+    rows, cidx, vals = [], [], []
+    for k, col in enumerate(cols):  # s_i - sum_c a_{c,i} lambda_c <= 0; sum_c n_c lambda_c <= G_t (sparse)
+        for i, _, r in col.members:
+            rows.append(i)
+            cidx.append(k)
+            vals.append(-r)
+        rows.append(m + types.index(col.gpu))
+        cidx.append(k)
+        vals.append(float(col.mesh_size))
+    rows += list(range(m))
+    cidx += [c + i for i in range(m)]
+    vals += [1.0] * m
+    a_ub = coo_matrix((vals, (rows, cidx)), shape=(m + len(types), c + m)).tocsr()
+    b_ub = [0.0] * m + [float(gpu_counts[t]) for t in types]
     bounds = [(0, None)] * c + [(0, d.rate_rps) for d in demands]
     res = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
     duals = [-v for v in res.ineqlin.marginals]
@@ -259,9 +267,15 @@ def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen, e
                 enumerated = False
                 break
             priced = price_enumerated(demands, gpu, n, cost_model, pi, TOL)
-            if priced is None and exact:  # too many distinct duals to enumerate (or nothing fits): the MILP
-                priced = _price(demands, gpu, n, cost_model, pi, min(left, price_s))
-                enumerated = enumerated and priced is None
+            heuristic_only = priced is not None and priced[0] == float("inf")
+            if exact and (priced is None or heuristic_only and priced[1] - mu[t] * n <= 1e-6):
+                # too many distinct duals to enumerate, and the restricted enumeration found no improving
+                # column (or nothing fits): the MILP, for a column or a proof
+                milp = _price(demands, gpu, n, cost_model, pi, min(left, price_s))
+                priced = milp or priced
+                enumerated = enumerated and milp is None and not heuristic_only
+            elif heuristic_only:
+                enumerated = False
             if priced is None and not exact:
                 slack[t] = per_gpu[t] = float("inf")
                 n *= 2

@@ -28,7 +28,7 @@ import itertools
 import numpy as np
 
 from planner.estimator import SM_BUDGET_PCT
-from planner.tables import model_options
+from planner.tables import DECODE_SM_PCTS, model_options
 from profiler.memory import usable_bytes
 
 SM_SPLITS = {  # maximal decode SM caps per number of models (percent, multiples of 10, >= 30, sum <= 120)
@@ -37,7 +37,8 @@ SM_SPLITS = {  # maximal decode SM caps per number of models (percent, multiples
     3: [(30, 30, 50), (30, 50, 30), (50, 30, 30)],
     4: [(30, 30, 30, 30)],
 }
-MAX_ROWS = 400_000  # candidate (members, options) rows beyond which the MILP is used instead
+MAX_ROWS = 200_000  # candidate (members, options) rows beyond which enumeration is not exact (see below)
+MAX_SETS = 20_000  # member sets beyond which likewise
 TIE = 1e-9  # duals closer than this count as equal for dominance (costs at most 4 * TIE * max rate)
 
 
@@ -110,12 +111,22 @@ def _closed_sets(groups: dict[int, list[int]], w, r, most: int):
         def grow(chosen, start):
             for pos in range(start, len(order)):
                 j = order[pos]
+                if len(found) > MAX_SETS:
+                    return
                 if len(chosen) < most and all(i in chosen for i in doms[j]):
                     new = chosen + (j,)
                     found.append(new)
                     grow(new, pos + 1)
         grow((), 0)
+        if len(found) > MAX_SETS:
+            return None, loss
         per_group.append(found)
+    sizes = [1] + [0] * most  # number of combined sets by size, before building them
+    for found in per_group:
+        per_size = [sum(1 for f in found if len(f) == k) for k in range(most + 1)]
+        sizes = [sum(sizes[a] * per_size[k - a] for a in range(k + 1)) for k in range(most + 1)]
+    if sum(sizes) > MAX_SETS:
+        return None, loss
     out = [()]
     for found in per_group:
         out = [a + b for a in out for b in found if len(a) + len(b) <= most]
@@ -151,7 +162,24 @@ def _golden_lp(W, R, P, D, iters: int = 64):
 
 
 def price_enumerated(demands, gpu, n, cost_model, pi, tol: float = 1e-9):
-    """(dual bound, objective, members) like exact._price, exactly; None when too large to enumerate."""
+    """(dual bound, objective, members) like exact._price, exactly. When that is too large to enumerate (many
+    models with distinct duals), the same enumeration over the most valuable models only: a heuristic column
+    with dual bound inf. None when nothing fits."""
+    found = _enumerate(demands, gpu, n, cost_model, pi, tol, None)
+    limit = 32
+    while found == "too large" and limit >= 2:
+        found = _enumerate(demands, gpu, n, cost_model, pi, tol, limit)
+        limit //= 2
+    if found == "too large":
+        return None
+    if found is not None and found[0] == "heuristic":
+        return float("inf"), found[1], found[2]
+    return found
+
+
+def _enumerate(demands, gpu, n, cost_model, pi, tol, limit):
+    if set(DECODE_SM_PCTS) - {100} != {30, 50, 70, 90} or SM_BUDGET_PCT != 120:
+        return None  # SM_SPLITS is written for these shares
     usable = usable_bytes(gpu)
     cand = [i for i, d in enumerate(demands) if pi[i] > tol and d.rate_rps > 0]
     key = (id(cost_model), gpu.name, usable, n, tuple((d.spec.name, d.spec.num_layers, round(d.mean_prompt_tokens),
@@ -162,6 +190,9 @@ def price_enumerated(demands, gpu, n, cost_model, pi, tol: float = 1e-9):
     cand = [i for i in cand if tables.opts[tables.group_of[i], 90]]
     if not cand:
         return None
+    if limit is not None and len(cand) > limit:  # heuristic: the models worth most alone on the unit
+        alone = {i: pi[i] * min(demands[i].rate_rps, tables.opts[tables.group_of[i], 90][-1].max_rps) for i in cand}
+        cand = sorted(sorted(cand, key=lambda i: (-alone[i], i))[:limit])
     most = SM_BUDGET_PCT // 30
     groups: dict[int, list[int]] = {}
     for i in cand:
@@ -169,6 +200,8 @@ def price_enumerated(demands, gpu, n, cost_model, pi, tol: float = 1e-9):
     w = {i: float(pi[i]) for i in cand}
     r = {i: float(demands[i].rate_rps) for i in cand}
     sets, tie_loss = _closed_sets(groups, w, r, most)
+    if sets is None:
+        return "too large"
     lightest = {g: float(tables.arr[g, 30][2][0]) if len(tables.arr[g, 30][2]) else np.inf for g in groups}
     blocks, rows = [], 0
     for members in sets:
@@ -181,7 +214,7 @@ def price_enumerated(demands, gpu, n, cost_model, pi, tol: float = 1e-9):
                 blocks.append((members, split, sig, vecs))
                 rows += len(vecs)
         if rows > MAX_ROWS:
-            return None
+            return "too large"
     if not blocks:
         return None
     best = (-np.inf, None)
@@ -213,6 +246,8 @@ def price_enumerated(demands, gpu, n, cost_model, pi, tol: float = 1e-9):
             members = tuple((i, tables.opts[s][j], float(x)) for i, s, j, x in zip(m, sig, vec, xs[top]) if x > tol)
             best = (float(values[top]), members)
     value, members = best
+    if limit is not None:
+        return "heuristic", value, members
     # the dual bound: the golden-section error (interval ~1e-13 of P) is far below 1e-9 relative; ties within
     # TIE may lose tie_loss at most
     slack = 1e-9 * max(1.0, abs(value)) + tie_loss
