@@ -10,17 +10,21 @@ Master (configuration LP, then integer over the generated columns):
          lambda_c in Z+   (R+ in the LP)
 
 Power-of-two meshes always pack into power-of-two nodes by first-fit decreasing, so node partitions
-need not be enumerated. Pricing, per (t, n): a MILP over binaries y_{i,o} (model i at option o) and
-rates x_{i,o} >= 0 maximising  sum pi_i x_{i,o} - mu_t n  subject to exactly the estimator's unit
-constraints (planner.estimator): x_{i,o} <= r_i y_{i,o}, sum_o y_{i,o} <= 1, memory
-sum mem_{i,o} y_{i,o} <= usable, decode SM sum sm_o y_{i,o} <= 120, and for every i
-sum_o d_{i,o} x_{i,o} + sum_{j,o} p_{j,o} x_{j,o} <= 1. So the estimator of the final plan equals the
-objective. The pricing MILP is tightened by valid aggregated time shares (decode time weighted by SM, memory
-or model-count share, plus all prefill, <= 1) and by dominance rows between interchangeable models. Bound (Lagrangian, valid at every iteration):
+need not be enumerated. Pricing, per (t, n): the best unit maximising  sum pi_i x_i - mu_t n  subject to
+exactly the estimator's unit constraints (planner.estimator): one option per hosted model, memory
+sum mem_i <= usable, decode SM sum sm_i <= 120, 0 <= x_i <= r_i and for every hosted i
+d_i x_i + sum_j p_j x_j <= 1. So the estimator of the final plan equals the objective. It is solved exactly
+by enumeration (planner.pricing, milliseconds); when too many distinct duals make that large, a restricted
+enumeration proposes columns and, once it finds none, a MILP over binaries y_{i,o} (model i at option o)
+and rates x_{i,o} <= min(r_i, 1 / (p + d)) y_{i,o} proves the round. The MILP is tightened by valid
+aggregated time shares (decode time weighted by SM, memory or model-count share, plus all prefill, <= 1)
+and by dominance rows between interchangeable models. Bound (Lagrangian, valid at every iteration):
     UB = sum_i (w_i - pi_i) r_i + sum_t mu_t G_t + sum_t G_t max(0, max_n rc*_{t,n} / n)
-with rc*_{t,n} the pricing MILP's dual bound; minimising over mu_t for the same pi gives
+with rc*_{t,n} the pricing dual bound (enumeration: its value plus a tolerance; restricted enumeration: none,
+inf); minimising over mu_t for the same pi gives
     UB = sum_i max(0, w_i - pi_i) r_i + sum_t G_t max_n (R*_{t,n} / n),  R*_{t,n} = max sum pi_i x_i,
-and both are kept; at convergence UB = the LP value.
+and both are kept; at convergence UB = the LP value (plus the pricing tolerance). When the LP serves all
+demand, columns from the min-GPU LP are added to help the integer master pack whole units.
 Objectives: throughput (w = 1), weighted (w_i = r_i / sum r), fairness (max min s_i / r_i, then
 throughput at that level), min-gpus (min sum n_c lambda_c with s = r over the generated columns).
 """
