@@ -10,16 +10,21 @@ Master (configuration LP, then integer over the generated columns):
          lambda_c in Z+   (R+ in the LP)
 
 Power-of-two meshes always pack into power-of-two nodes by first-fit decreasing, so node partitions
-need not be enumerated. Pricing, per (t, n): a MILP over binaries y_{i,o} (model i at option o) and
-rates x_{i,o} >= 0 maximising  sum pi_i x_{i,o} - mu_t n  subject to exactly the estimator's unit
-constraints (planner.estimator): x_{i,o} <= r_i y_{i,o}, sum_o y_{i,o} <= 1, memory
-sum mem_{i,o} y_{i,o} <= usable, decode SM sum sm_o y_{i,o} <= 120, and for every i
-sum_o d_{i,o} x_{i,o} + sum_{j,o} p_{j,o} x_{j,o} <= 1. So the estimator of the final plan equals the
-objective. Bound (Lagrangian, valid at every iteration):
+need not be enumerated. Pricing, per (t, n): the best unit maximising  sum pi_i x_i - mu_t n  subject to
+exactly the estimator's unit constraints (planner.estimator): one option per hosted model, memory
+sum mem_i <= usable, decode SM sum sm_i <= 120, 0 <= x_i <= r_i and for every hosted i
+d_i x_i + sum_j p_j x_j <= 1. So the estimator of the final plan equals the objective. It is solved exactly
+by enumeration (planner.pricing, milliseconds); when too many distinct duals make that large, a restricted
+enumeration proposes columns and, once it finds none, a MILP over binaries y_{i,o} (model i at option o)
+and rates x_{i,o} <= min(r_i, 1 / (p + d)) y_{i,o} proves the round. The MILP is tightened by valid
+aggregated time shares (decode time weighted by SM, memory or model-count share, plus all prefill, <= 1)
+and by dominance rows between interchangeable models. Bound (Lagrangian, valid at every iteration):
     UB = sum_i (w_i - pi_i) r_i + sum_t mu_t G_t + sum_t G_t max(0, max_n rc*_{t,n} / n)
-with rc*_{t,n} the pricing MILP's dual bound; minimising over mu_t for the same pi gives
+with rc*_{t,n} the pricing dual bound (enumeration: its value plus a tolerance; restricted enumeration: none,
+inf); minimising over mu_t for the same pi gives
     UB = sum_i max(0, w_i - pi_i) r_i + sum_t G_t max_n (R*_{t,n} / n),  R*_{t,n} = max sum pi_i x_i,
-and both are kept; at convergence UB = the LP value.
+and both are kept; at convergence UB = the LP value (plus the pricing tolerance). When the LP serves all
+demand, columns from the min-GPU LP are added to help the integer master pack whole units.
 Objectives: throughput (w = 1), weighted (w_i = r_i / sum r), fairness (max min s_i / r_i, then
 throughput at that level), min-gpus (min sum n_c lambda_c with s = r over the generated columns).
 """
@@ -36,10 +41,14 @@ from muxplan.files import InputError
 from muxplan.schema import Cluster
 from planner.estimator import SM_BUDGET_PCT
 from planner.placement import UnitChoice
+from planner.pricing import price_enumerated
 from planner.tables import Demand, model_options
 from profiler.memory import usable_bytes
 
 TOL = 1e-7
+FILL_GAP = 0.015  # see solve_exact: column generation for packing stops once the plan is this close to demand,
+FILL_SHARE = 0.3  # or when this share of the time limit has passed
+MASTER_SHARE = 0.9  # of the time left that the integer master may use (model building and plan output need the rest)
 
 
 @dataclass(frozen=True)
@@ -76,16 +85,34 @@ def _highs():
     return h
 
 
+def _dominance_pairs(demands, cand, pi):
+    """(j, i) for interchangeable models (same option table) where i is at least as good as j: a dual at
+    least as high and a rate at least as high (ties broken by index). Any unit hosting j but not i is
+    no better than the same unit with i in j's place, so "j only if i" keeps an optimal unit."""
+    twins = _twins(demands)
+    pairs = []
+    for j in cand:
+        for i in twins[j]:
+            if i == j or i not in cand:
+                continue
+            key_i, key_j = (pi[i], demands[i].rate_rps, -i), (pi[j], demands[j].rate_rps, -j)
+            if pi[i] >= pi[j] and demands[i].rate_rps >= demands[j].rate_rps and key_i > key_j:
+                pairs.append((j, i))
+    return pairs
+
+
 def _price(demands, gpu, n, cost_model, pi, time_limit_s):
     """Best unit of mesh size n for duals pi: (dual bound, objective, UnitChoice members) or None."""
     h = _highs()
     h.setOptionValue("time_limit", max(0.05, time_limit_s))
     h.setOptionValue("mip_rel_gap", 1e-6)
+    h.setOptionValue("presolve", "off")  # HiGHS presolve (probing) costs more than it saves on this small model
+    usable = usable_bytes(gpu)
     cand = [i for i, d in enumerate(demands) if pi[i] > TOL and d.rate_rps > 0]
     ys, xs, opts = {}, {}, {}
     for i in cand:
         for k, o in enumerate(model_options(demands[i], gpu, n, cost_model)):
-            if o.decode_sm_pct < 100 and o.mem_bytes <= usable_bytes(gpu):
+            if o.decode_sm_pct < 100 and o.mem_bytes <= usable:
                 opts[i, k] = o
                 ys[i, k] = h.addBinary()
                 # a model never serves more than its demand, nor more than its option allows alone on the
@@ -95,17 +122,26 @@ def _price(demands, gpu, n, cost_model, pi, time_limit_s):
                 h.addConstr(xs[i, k] - cap * ys[i, k] <= 0)
     if not opts:
         return None
+    mine = {i: [key for key in opts if key[0] == i] for i in cand}
     for i in cand:
-        mine = [key for key in opts if key[0] == i]
-        if mine:
-            h.addConstr(sum(ys[key] for key in mine) <= 1)
-    h.addConstr(sum(opts[key].mem_bytes / 2**30 * ys[key] for key in opts) <= usable_bytes(gpu) / 2**30)
+        if mine[i]:
+            h.addConstr(sum(ys[key] for key in mine[i]) <= 1)
+    h.addConstr(sum(opts[key].mem_bytes / 2**30 * ys[key] for key in opts) <= usable / 2**30)
     h.addConstr(sum(opts[key].decode_sm_pct * ys[key] for key in opts) <= SM_BUDGET_PCT)
+    most = SM_BUDGET_PCT // min(o.decode_sm_pct for o in opts.values())  # models per unit
+    h.addConstr(sum(ys.values()) <= most)
     prefill = sum(opts[key].prefill_s_per_req * xs[key] for key in opts)
     for i in cand:
-        mine = [key for key in opts if key[0] == i]
-        if mine:
-            h.addConstr(sum(opts[key].decode_s_per_req * xs[key] for key in mine) + prefill <= 1)
+        if mine[i]:
+            h.addConstr(sum(opts[key].decode_s_per_req * xs[key] for key in mine[i]) + prefill <= 1)
+    # Valid aggregated time shares: for weights a_io with sum a_io y_io <= 1 in every unit (SM share / budget,
+    # memory / usable, 1 / models per unit), summing a_io (d_io x_io) <= a_io (1 - prefill) over the hosted
+    # models gives sum a_io d_io x_io + prefill <= 1. They cut off relaxations that spread a little of many
+    # models over one unit (no decode constraint binds there), which is what made the dual bound weak.
+    for weight in (lambda o: o.decode_sm_pct / SM_BUDGET_PCT, lambda o: o.mem_bytes / usable, lambda o: 1.0 / most):
+        h.addConstr(sum(weight(opts[key]) * opts[key].decode_s_per_req * xs[key] for key in opts) + prefill <= 1)
+    for j, i in _dominance_pairs(demands, [i for i in cand if mine[i]], pi):
+        h.addConstr(sum(ys[key] for key in mine[j]) - sum(ys[key] for key in mine[i]) <= 0)
     h.maximize(sum(pi[key[0]] * xs[key] for key in opts))
     info = h.getInfo()
     bound = info.mip_dual_bound if info.mip_dual_bound == info.mip_dual_bound else float("inf")
@@ -130,23 +166,69 @@ def _single_columns(demands, gpus, cost_model):
     return cols
 
 
+def _best_single(demands, gpu, n, cost_model, pi) -> float:
+    """max_i pi_i x_i over one model alone on a mesh of n GPUs, any option (a column pricing omits)."""
+    best = 0.0
+    for i, d in enumerate(demands):
+        if pi[i] > TOL and d.rate_rps > 0:
+            rates = [o.max_rps for o in model_options(d, gpu, n, cost_model) if o.mem_bytes <= usable_bytes(gpu)]
+            if rates:
+                best = max(best, pi[i] * min(d.rate_rps, max(rates)))
+    return best
+
+
 def _master_lp(cols, demands, w, gpu_counts):
     from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
 
     m, c = len(demands), len(cols)
     types = list(gpu_counts)
     cost = [0.0] * c + [-wi for wi in w]
-    a_ub, b_ub = [], []
-    for i in range(m):
-        a_ub.append([-sum(r for j, _, r in col.members if j == i) for col in cols] + [1.0 if k == i else 0.0 for k in range(m)])
-        b_ub.append(0.0)
-    for t in types:
-        a_ub.append([float(col.mesh_size) if col.gpu == t else 0.0 for col in cols] + [0.0] * m)
-        b_ub.append(float(gpu_counts[t]))
+    rows, cidx, vals = [], [], []
+    for k, col in enumerate(cols):  # s_i - sum_c a_{c,i} lambda_c <= 0; sum_c n_c lambda_c <= G_t (sparse)
+        for i, _, r in col.members:
+            rows.append(i)
+            cidx.append(k)
+            vals.append(-r)
+        rows.append(m + types.index(col.gpu))
+        cidx.append(k)
+        vals.append(float(col.mesh_size))
+    rows += list(range(m))
+    cidx += [c + i for i in range(m)]
+    vals += [1.0] * m
+    a_ub = coo_matrix((vals, (rows, cidx)), shape=(m + len(types), c + m)).tocsr()
+    b_ub = [0.0] * m + [float(gpu_counts[t]) for t in types]
     bounds = [(0, None)] * c + [(0, d.rate_rps) for d in demands]
     res = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
     duals = [-v for v in res.ineqlin.marginals]
     return -res.fun, duals[:m], dict(zip(types, duals[m:]))
+
+
+def _min_gpu_lp(cols, demands, gpu_counts):
+    """Duals of min sum_c n_c lambda_c s.t. sum_c a_{c,i} lambda_c >= r_i, per type sum n_c lambda_c <= G_t,
+    as pricing inputs: pi_i >= 0 (GPUs per req/s of model i) and a per-GPU price 1 + (capacity dual); None
+    when the LP fails."""
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    m, c = len(demands), len(cols)
+    types = list(gpu_counts)
+    rows, cidx, vals = [], [], []
+    for k, col in enumerate(cols):
+        for i, _, r in col.members:
+            rows.append(i)
+            cidx.append(k)
+            vals.append(-r)
+        rows.append(m + types.index(col.gpu))
+        cidx.append(k)
+        vals.append(float(col.mesh_size))
+    a_ub = coo_matrix((vals, (rows, cidx)), shape=(m + len(types), c)).tocsr()
+    b_ub = [-d.rate_rps for d in demands] + [float(gpu_counts[t]) for t in types]
+    res = linprog([float(col.mesh_size) for col in cols], A_ub=a_ub, b_ub=b_ub, bounds=(0, None), method="highs")
+    if res.status != 0:
+        return None
+    duals = [-v for v in res.ineqlin.marginals]
+    return duals[:m], {t: 1.0 + duals[m + k] for k, t in enumerate(types)}
 
 
 def _twins(demands: list[Demand]) -> dict[int, list[int]]:
@@ -175,19 +257,37 @@ def _clones(demands, col: UnitChoice, pi, mu_t: float) -> list[UnitChoice]:
     return out
 
 
-def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen):
-    """New columns with positive reduced cost, and per GPU type the best proven reduced cost per GPU."""
+def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen, exact=True):
+    """New columns with positive reduced cost, per GPU type the best proven reduced cost per GPU and the best
+    proven pricing value per GPU, and whether every mesh size was priced by (exact) enumeration."""
     new_cols, slack, per_gpu = [], {t: 0.0 for t in gpus}, {t: 0.0 for t in gpus}
+    enumerated = True
     for t, (gpu, max_n) in gpus.items():
         n = 1
         while n <= max_n:
             left = deadline - time.perf_counter()
             if left <= 0:
                 slack[t] = per_gpu[t] = float("inf")  # not priced: no bound from this round
+                enumerated = False
                 break
-            priced = _price(demands, gpu, n, cost_model, pi, min(left, price_s))
+            priced = price_enumerated(demands, gpu, n, cost_model, pi, TOL)
+            heuristic_only = priced is not None and priced[0] == float("inf")
+            if exact and (priced is None or heuristic_only and priced[1] - mu[t] * n <= 1e-6):
+                # too many distinct duals to enumerate, and the restricted enumeration found no improving
+                # column (or nothing fits): the MILP, for a column or a proof
+                milp = _price(demands, gpu, n, cost_model, pi, min(left, price_s))
+                priced = milp or priced
+                enumerated = enumerated and milp is None and not heuristic_only
+            elif heuristic_only:
+                enumerated = False
+            if priced is None and not exact:
+                slack[t] = per_gpu[t] = float("inf")
+                n *= 2
+                continue
             if priced:
                 dual_bound, value, members = priced
+                # pricing leaves out one model alone at 100% decode SMs (the seed columns): count those too
+                dual_bound = max(dual_bound, _best_single(demands, gpu, n, cost_model, pi))
                 slack[t] = max(slack[t], (dual_bound - mu[t] * n) / n)
                 per_gpu[t] = max(per_gpu[t], dual_bound / n)
                 key = (t, n, tuple((i, o, round(r, 9)) for i, o, r in members))
@@ -198,7 +298,7 @@ def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen):
                             seen.add(ckey)
                             new_cols.append(col)
             n *= 2
-    return new_cols, slack, per_gpu
+    return new_cols, slack, per_gpu, enumerated
 
 
 def cluster_gpus(cluster: Cluster):
@@ -233,21 +333,39 @@ def solve_exact(
     while time.perf_counter() < deadline:
         lp, pi, mu = _master_lp(cols, demands, w, counts)
         lagrange = sum(max(0.0, wi - p) * d.rate_rps for wi, p, d in zip(w, pi, demands)) + sum(mu[t] * counts[t] for t in counts)
-        new_cols, slack, per_gpu = _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen)
+        new_cols, slack, per_gpu, enumerated = _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen)
         cols += new_cols
         demand_part = sum(max(0.0, wi - p) * d.rate_rps for wi, p, d in zip(w, pi, demands))
         bound = min(bound, lagrange + sum(counts[t] * max(0.0, slack[t]) for t in counts),
                     demand_part + sum(counts[t] * per_gpu[t] for t in counts))  # the same bound at its best mu
         if not new_cols:
-            # the restricted LP is the full LP's optimum only when every pricing problem was proven
-            converged = max(slack.values()) <= 1e-6
-            if converged:
-                bound = min(bound, lp)
+            # the restricted LP is the full LP's optimum (up to the slack already in the bound) only when every
+            # pricing problem was proven; enumerated pricing is exact, so pricing again cannot find more
+            converged = all(slack[t] <= 1e-6 * max(1.0, mu[t]) for t in slack)
+            if converged or enumerated:
                 break
-            price_s *= 3  # unproven pricing found nothing: give it more time
+            price_s *= 3  # unproven MILP pricing found nothing: give it more time
 
-    remaining = max(0.5, time_limit_s - (time.perf_counter() - start))
+    remaining = max(0.5, MASTER_SHARE * (time_limit_s - (time.perf_counter() - start)))  # leave room to build the plan
     value, units, status = solve_master(cols, demands, w, counts, objective, backend, remaining, seed)
+    if converged and objective in ("throughput", "weighted") and lp >= sum(wi * d.rate_rps for wi, d in zip(w, demands)) * (1 - 1e-9):
+        # The LP serves all demand, so its duals (pi = 0 where served, mu = 0) say nothing about which units pack
+        # well into whole GPUs, and the integer master may fall short. Generate GPU-efficient columns from the LP
+        # that serves all demand on the fewest GPUs until the integer master is within FILL_GAP of the demand (or FILL_SHARE of the time is spent)
+        # (the bound stays the total demand).
+        fill_until = min(deadline, start + FILL_SHARE * time_limit_s)
+        while value < bound * (1 - FILL_GAP) and time.perf_counter() < fill_until:
+            duals = _min_gpu_lp(cols, demands, counts)
+            if duals is None:
+                break
+            new_cols = _pricing_round(demands, gpus, cost_model, duals[0], duals[1], deadline, price_s, seen, exact=False)[0]
+            if not new_cols:
+                break
+            cols += new_cols
+            remaining = max(0.5, min(MASTER_SHARE * (time_limit_s - (time.perf_counter() - start)), FILL_SHARE * time_limit_s))
+            found = solve_master(cols, demands, w, counts, objective, backend, remaining, seed)
+            if found[0] > value:
+                value, units, status = found
     if objective in ("fairness", "min-gpus"):
         bound_out = float("nan")  # the configuration-LP bound is for served rate, not for these objectives
     else:

@@ -162,6 +162,13 @@ def _fill(meshes, order, demands, conf, deadline: float) -> tuple[float, list[Un
 
 
 def _served(conf, gpu, n, members):
+    key = ("served", gpu, n, members)
+    if key not in conf.cache:
+        conf.cache[key] = _estimate_served(conf, gpu, n, members)
+    return conf.cache[key]
+
+
+def _estimate_served(conf, gpu, n, members):
     g = get_gpu(gpu, conf.cluster.gpus)
     full = conf.configure(gpu, n, members)[1]
     est = estimate_unit(g, [(conf.demands[i], o, r) for i, o, r in full], conf.temporal)

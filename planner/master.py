@@ -17,14 +17,24 @@ def _cap(col: UnitChoice, counts) -> int:
     return counts[col.gpu] // col.mesh_size
 
 
+def _hosts(cols, num_models: int) -> list[list[tuple[int, float]]]:
+    """Per model, (column index, rate) of the columns hosting it."""
+    hosts: list[list[tuple[int, float]]] = [[] for _ in range(num_models)]
+    for c, col in enumerate(cols):
+        for i, _, r in col.members:
+            hosts[i].append((c, r))
+    return hosts
+
+
 def _solve_milp(cols, demands, w, counts, objective, time_limit_s, stage_z=None, backend="highs"):
     import pulp
 
     prob = pulp.LpProblem("master", pulp.LpMinimize if objective == "min-gpus" else pulp.LpMaximize)
     lam = [pulp.LpVariable(f"l{c}", 0, _cap(col, counts), cat="Integer") for c, col in enumerate(cols)]
     s = [pulp.LpVariable(f"s{i}", 0, d.rate_rps) for i, d in enumerate(demands)]
+    hosts = _hosts(cols, len(demands))
     for i in range(len(demands)):
-        prob += s[i] <= pulp.lpSum(r * lam[c] for c, col in enumerate(cols) for j, _, r in col.members if j == i)
+        prob += s[i] <= pulp.lpSum(r * lam[c] for c, r in hosts[i])
     for t, g in counts.items():
         prob += pulp.lpSum(col.mesh_size * lam[c] for c, col in enumerate(cols) if col.gpu == t) <= g
     if objective == "min-gpus":
@@ -59,8 +69,9 @@ def _solve_cpsat(cols, demands, w, counts, objective, time_limit_s, seed, stage_
     lam = [m.NewIntVar(0, _cap(col, counts), f"l{c}") for c, col in enumerate(cols)]
     rates = [int(d.rate_rps * SCALE) for d in demands]
     s = [m.NewIntVar(0, r, f"s{i}") for i, r in enumerate(rates)]
+    hosts = _hosts(cols, len(demands))
     for i in range(len(demands)):
-        m.Add(s[i] <= sum(int(r * SCALE) * lam[c] for c, col in enumerate(cols) for j, _, r in col.members if j == i))
+        m.Add(s[i] <= sum(int(r * SCALE) * lam[c] for c, r in hosts[i]))
     for t, g in counts.items():
         m.Add(sum(col.mesh_size * lam[c] for c, col in enumerate(cols) if col.gpu == t) <= g)
     if objective == "min-gpus":

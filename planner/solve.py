@@ -13,7 +13,9 @@ OBJECTIVES = ("throughput", "weighted", "fairness", "min-gpus")
 
 
 def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, cost_label: str = "", objective: str = "throughput",
-               time_limit_s: float = 30.0, seed: int = 0, backend: str = "highs", greedy_units=None) -> Plan:
+               time_limit_s: float = 30.0, seed: int = 0, backend: str = "highs", greedy_units=None, spent_s: float = 0.0) -> Plan:
+    """One solver's plan. ``time_limit_s`` bounds the wall time including the greedy warm start of exact:
+    ``spent_s`` is what the caller already spent on it (when it passes ``greedy_units``)."""
     from planner.baselines import place_spatial
     from planner.exact import solve_exact
     from planner.greedy import place_greedy
@@ -30,7 +32,8 @@ def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, co
     status = "heuristic"
     if method == "exact":
         warm = greedy_units if greedy_units is not None else place_greedy(demands, cluster, cost_model, time_limit_s / 3)
-        sol = solve_exact(demands, cluster, cost_model, objective, time_limit_s, seed, backend, warm)
+        left = time_limit_s - spent_s - (time.perf_counter() - start)
+        sol = solve_exact(demands, cluster, cost_model, objective, max(1.0, left), seed, backend, warm)
         units, value, status = list(sol.units), sol.value, sol.status
         bound = None if sol.bound != sol.bound or sol.bound == float("inf") else sol.bound
         gap = None if sol.gap != sol.gap else sol.gap
@@ -59,7 +62,8 @@ def solve_and_compare(chosen: str, workload: Workload, cluster: Cluster, cost_mo
     greedy_s = time.perf_counter() - start
     methods = SOLVERS if compare else (chosen,)
     plans = {m: run_solver(m, workload, cluster, cost_model, cost_label, objective if m == "exact" else "throughput",
-                           time_limit_s, seed, backend, greedy_units) for m in methods}
+                           time_limit_s, seed, backend, greedy_units, greedy_s if m == "exact" and greedy_units is not None else 0.0)
+             for m in methods}
     if "greedy" in plans:  # its units were computed once above and shared as the exact warm start
         g = plans["greedy"]
         plans["greedy"] = g.model_copy(update={"solver": g.solver.model_copy(update={"seconds": greedy_s})})
