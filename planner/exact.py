@@ -40,6 +40,7 @@ from muxplan.catalog import get_gpu
 from muxplan.files import InputError
 from muxplan.schema import Cluster
 from planner.estimator import SM_BUDGET_PCT
+from planner.master_lp import master_lp, min_gpu_lp
 from planner.placement import UnitChoice
 from planner.pricing import price_enumerated
 from planner.tables import Demand, model_options
@@ -177,60 +178,6 @@ def _best_single(demands, gpu, n, cost_model, pi) -> float:
     return best
 
 
-def _master_lp(cols, demands, w, gpu_counts):
-    from scipy.optimize import linprog
-    from scipy.sparse import coo_matrix
-
-    m, c = len(demands), len(cols)
-    types = list(gpu_counts)
-    cost = [0.0] * c + [-wi for wi in w]
-    rows, cidx, vals = [], [], []
-    for k, col in enumerate(cols):  # s_i - sum_c a_{c,i} lambda_c <= 0; sum_c n_c lambda_c <= G_t (sparse)
-        for i, _, r in col.members:
-            rows.append(i)
-            cidx.append(k)
-            vals.append(-r)
-        rows.append(m + types.index(col.gpu))
-        cidx.append(k)
-        vals.append(float(col.mesh_size))
-    rows += list(range(m))
-    cidx += [c + i for i in range(m)]
-    vals += [1.0] * m
-    a_ub = coo_matrix((vals, (rows, cidx)), shape=(m + len(types), c + m)).tocsr()
-    b_ub = [0.0] * m + [float(gpu_counts[t]) for t in types]
-    bounds = [(0, None)] * c + [(0, d.rate_rps) for d in demands]
-    res = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
-    duals = [-v for v in res.ineqlin.marginals]
-    return -res.fun, duals[:m], dict(zip(types, duals[m:]))
-
-
-def _min_gpu_lp(cols, demands, gpu_counts):
-    """Duals of min sum_c n_c lambda_c s.t. sum_c a_{c,i} lambda_c >= r_i, per type sum n_c lambda_c <= G_t,
-    as pricing inputs: pi_i >= 0 (GPUs per req/s of model i) and a per-GPU price 1 + (capacity dual); None
-    when the LP fails."""
-    from scipy.optimize import linprog
-    from scipy.sparse import coo_matrix
-
-    m, c = len(demands), len(cols)
-    types = list(gpu_counts)
-    rows, cidx, vals = [], [], []
-    for k, col in enumerate(cols):
-        for i, _, r in col.members:
-            rows.append(i)
-            cidx.append(k)
-            vals.append(-r)
-        rows.append(m + types.index(col.gpu))
-        cidx.append(k)
-        vals.append(float(col.mesh_size))
-    a_ub = coo_matrix((vals, (rows, cidx)), shape=(m + len(types), c)).tocsr()
-    b_ub = [-d.rate_rps for d in demands] + [float(gpu_counts[t]) for t in types]
-    res = linprog([float(col.mesh_size) for col in cols], A_ub=a_ub, b_ub=b_ub, bounds=(0, None), method="highs")
-    if res.status != 0:
-        return None
-    duals = [-v for v in res.ineqlin.marginals]
-    return duals[:m], {t: 1.0 + duals[m + k] for k, t in enumerate(types)}
-
-
 def _twins(demands: list[Demand]) -> dict[int, list[int]]:
     """Models with the same architecture and mean lengths: their option tables are identical."""
     groups: dict[tuple, list[int]] = {}
@@ -331,7 +278,7 @@ def solve_exact(
     bound, converged = sum(wi * d.rate_rps for wi, d in zip(w, demands)), False  # serving all demand
     deadline, price_s = start + 0.7 * time_limit_s, max(0.25, time_limit_s / 20)
     while time.perf_counter() < deadline:
-        lp, pi, mu = _master_lp(cols, demands, w, counts)
+        lp, pi, mu = master_lp(cols, demands, w, counts)
         lagrange = sum(max(0.0, wi - p) * d.rate_rps for wi, p, d in zip(w, pi, demands)) + sum(mu[t] * counts[t] for t in counts)
         new_cols, slack, per_gpu, enumerated = _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen)
         cols += new_cols
@@ -355,7 +302,7 @@ def solve_exact(
         # (the bound stays the total demand).
         fill_until = min(deadline, start + FILL_SHARE * time_limit_s)
         while value < bound * (1 - FILL_GAP) and time.perf_counter() < fill_until:
-            duals = _min_gpu_lp(cols, demands, counts)
+            duals = min_gpu_lp(cols, demands, counts)
             if duals is None:
                 break
             new_cols = _pricing_round(demands, gpus, cost_model, duals[0], duals[1], deadline, price_s, seen, exact=False)[0]

@@ -1,0 +1,58 @@
+"""Linear programs over the generated columns, solved with HiGHS through scipy; their duals drive pricing.
+
+Configuration LP (relaxed master):  max sum_i w_i s_i  s.t.  s_i - sum_c a_{c,i} lambda_c <= 0 [pi_i],
+sum_{c of type t} n_c lambda_c <= G_t [mu_t], 0 <= s_i <= r_i, lambda >= 0.
+Fewest-GPUs LP:  min sum_c n_c lambda_c  s.t.  sum_c a_{c,i} lambda_c >= r_i, sum_{c of type t} n_c lambda_c <= G_t.
+"""
+from __future__ import annotations
+
+
+def _column_rows(cols, num_models: int, types: list[str]):
+    """Sparse entries of -a_{c,i} (served rows) and n_c (GPU rows of the column's type), column by column."""
+    rows, cidx, vals = [], [], []
+    for k, col in enumerate(cols):
+        for i, _, r in col.members:
+            rows.append(i)
+            cidx.append(k)
+            vals.append(-r)
+        rows.append(num_models + types.index(col.gpu))
+        cidx.append(k)
+        vals.append(float(col.mesh_size))
+    return rows, cidx, vals
+
+
+def master_lp(cols, demands, w, gpu_counts):
+    """Value, duals pi (per model) and mu (per GPU type) of the configuration LP."""
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    m, c = len(demands), len(cols)
+    types = list(gpu_counts)
+    rows, cidx, vals = _column_rows(cols, m, types)
+    rows += list(range(m))  # + s_i
+    cidx += [c + i for i in range(m)]
+    vals += [1.0] * m
+    a_ub = coo_matrix((vals, (rows, cidx)), shape=(m + len(types), c + m)).tocsr()
+    b_ub = [0.0] * m + [float(gpu_counts[t]) for t in types]
+    bounds = [(0, None)] * c + [(0, d.rate_rps) for d in demands]
+    res = linprog([0.0] * c + [-wi for wi in w], A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
+    duals = [-v for v in res.ineqlin.marginals]
+    return -res.fun, duals[:m], dict(zip(types, duals[m:]))
+
+
+def min_gpu_lp(cols, demands, gpu_counts):
+    """Duals of the fewest-GPUs LP as pricing inputs: pi_i >= 0 (GPUs per req/s of model i) and a per-GPU
+    price 1 + (capacity dual); None when the LP fails."""
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    m = len(demands)
+    types = list(gpu_counts)
+    rows, cidx, vals = _column_rows(cols, m, types)
+    a_ub = coo_matrix((vals, (rows, cidx)), shape=(m + len(types), len(cols))).tocsr()
+    b_ub = [-d.rate_rps for d in demands] + [float(gpu_counts[t]) for t in types]
+    res = linprog([float(col.mesh_size) for col in cols], A_ub=a_ub, b_ub=b_ub, bounds=(0, None), method="highs")
+    if res.status != 0:
+        return None
+    duals = [-v for v in res.ineqlin.marginals]
+    return duals[:m], {t: 1.0 + duals[m + k] for k, t in enumerate(types)}
