@@ -233,3 +233,17 @@ def test_profile_solve_deploy_loop_on_cpu_through_the_engine(tiny_models, tmp_pa
     seqs = [engine.add_request(m, [3, 4, 5], GREEDY) for m in ("llama", "qwen")]
     engine.run_until_idle()
     assert [len(s.output_ids) for s in seqs] == [8, 8]
+
+
+def test_abort_frees_a_waiting_or_running_request(tiny_models):
+    engine = _engine(tiny_models, 4 * 2**20, names=("llama",))
+    long = SamplingParams(max_tokens=500, temperature=0.0, ignore_eos=True)
+    running, waiting = engine.add_request("llama", [5, 6, 7], long), engine.add_request("llama", [8, 9], long)
+    for _ in range(3):
+        engine.step()
+    assert len(running.output_ids) >= 2
+    engine.abort(running.id)
+    engine.abort(waiting.id)
+    engine.run_until_idle()
+    assert (running.finish_reason, waiting.finish_reason) == ("abort", "abort")
+    assert len(running.output_ids) < 10 and engine.blocks.num_free == engine.pool.num_blocks and engine.num_in_flight == 0

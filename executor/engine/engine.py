@@ -94,6 +94,7 @@ class Engine:
         self._wake = threading.Condition()
         self._listeners: dict[int, Listener] = {}
         self._in_flight = 0
+        self._aborted: set[int] = set()
         self.t0 = time.monotonic()
         self._next_adapt = self.policy.adapt_period_s
         self.finished: list[Sequence] = []  # for metrics and benchmarks; bounded by the caller draining it
@@ -140,8 +141,8 @@ class Engine:
         for kind, item in inbox:
             if kind == "add":
                 self.scheduler.add(item)
-            else:
-                self.scheduler.abort(item)
+            elif not self.scheduler.abort(item):
+                self._aborted.add(item)  # inside a running job: ends when its token arrives
         now = self.now()
         if self._next_adapt is not None and now >= self._next_adapt:
             self.policy.adapt(self.scheduler, now)
@@ -187,6 +188,9 @@ class Engine:
         seq.output_ids.append(token)
         if seq.first_token_s is None:
             seq.first_token_s = now
+        if seq.id in self._aborted:
+            self._aborted.discard(seq.id)
+            return "abort"
         reason = None
         if token in self.eos_ids[seq.model] and not seq.params.ignore_eos:
             reason = "stop"

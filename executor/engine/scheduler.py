@@ -241,11 +241,12 @@ class Scheduler:
         self.num_jobs -= 1
         self.sm_used -= job.parts
 
-    def abort(self, seq_id: int) -> None:
-        """Forget a waiting or running sequence (its client went away); its blocks return to the pool."""
+    def abort(self, seq_id: int) -> bool:
+        """Forget a waiting or running sequence (its client went away); its blocks return to the pool.
+        False when it is inside a job now: the caller ends it when that job's token arrives."""
         seq = self.seqs.get(seq_id)
         if seq is None:
-            return
+            return True
         slot = self.by_name[seq.model]
         if seq_id in slot.queue:
             slot.queue.remove(seq_id)
@@ -254,8 +255,9 @@ class Scheduler:
         elif seq_id in slot.pending:
             slot.pending.remove(seq_id)
         else:
-            return  # inside a job now: it finishes with that job
+            return False
         self._release(slot, seq)
         self.seqs.pop(seq_id, None)
         self.book.arrival_s.pop(seq_id, None)
         self._finish_seq(seq, "abort")
+        return True
