@@ -18,6 +18,7 @@ from profiler.memory import kv_bytes_per_token_per_gpu, reserve_bytes, weight_by
 DECODE_SM_PCTS = (30, 50, 70, 90, 100)
 BATCHES = (4, 8, 16, 32, 64, 128, 256)
 PREFILL_TOKEN_BUDGET = 2048
+POOL_TOLERANCE = 0.10  # same-architecture models whose mean lengths differ less than this share one estimate
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,32 @@ class Option:
 
 
 def demands_from_workload(workload: Workload) -> list[Demand]:
-    out = []
+    """Per model: rate and mean prompt/output lengths (from the requests when materialised, else the spec).
+
+    Models of one architecture whose sample means all lie within POOL_TOLERANCE of the architecture's pooled
+    means get the pooled means: a few percent apart is sampling noise, and identical option tables let the
+    exact solver treat them as interchangeable (twins), which is what keeps its pricing fast on real traces.
+    """
+    by_model: dict[str, tuple[list[int], list[int]]] = {m.name: ([], []) for m in workload.models}
+    for r in workload.requests or []:
+        by_model[r.model][0].append(r.prompt_tokens)
+        by_model[r.model][1].append(r.output_tokens)
+    stats = {}
     for m in workload.models:
-        prompts = [r.prompt_tokens for r in workload.requests or [] if r.model == m.name]
-        outputs = [r.output_tokens for r in workload.requests or [] if r.model == m.name]
-        mean_in = sum(prompts) / len(prompts) if prompts else m.prompt_tokens.mean
-        mean_out = sum(outputs) / len(outputs) if outputs else m.output_tokens.mean
-        out.append(Demand(m.name, m.model, get_model(m.model), m.rate_rps, float(mean_in), float(mean_out)))
-    return out
+        prompts, outputs = by_model[m.name]
+        stats[m.name] = (float(sum(prompts) / len(prompts)) if prompts else float(m.prompt_tokens.mean),
+                         float(sum(outputs) / len(outputs)) if outputs else float(m.output_tokens.mean), max(1, len(prompts)))
+    specs = {m.name: get_model(m.model) for m in workload.models}
+    groups: dict[str, list[str]] = {}
+    for m in workload.models:
+        groups.setdefault(specs[m.name].name, []).append(m.name)
+    for names in groups.values():
+        total = sum(stats[n][2] for n in names)
+        pooled = tuple(sum(stats[n][k] * stats[n][2] for n in names) / total for k in (0, 1))
+        if all(abs(stats[n][k] - pooled[k]) <= POOL_TOLERANCE * pooled[k] for n in names for k in (0, 1)):
+            for n in names:
+                stats[n] = (*pooled, stats[n][2])
+    return [Demand(m.name, m.model, specs[m.name], m.rate_rps, stats[m.name][0], stats[m.name][1]) for m in workload.models]
 
 
 _CACHE: dict[tuple, tuple[Option, ...]] = {}

@@ -208,3 +208,17 @@ def test_exact_is_deterministic():
     a, b = (run_solver("exact", w, cluster, CM, time_limit_s=20, seed=1) for _ in range(2))
     assert a.served_rps == b.served_rps and a.solver.bound == b.solver.bound
     assert [u.model_dump() for u in a.units] == [u.model_dump() for u in b.units]
+
+
+def test_same_architecture_models_with_close_sample_means_share_one_estimate():
+    from muxplan.schema import TraceRow, Workload, WorkloadModel
+
+    rows = [TraceRow(arrival_s=float(k), model="a", prompt_tokens=100, output_tokens=200) for k in range(3)]
+    rows += [TraceRow(arrival_s=float(k), model="b", prompt_tokens=108, output_tokens=190) for k in range(1)]  # within 10%
+    rows += [TraceRow(arrival_s=float(k), model="c", prompt_tokens=300, output_tokens=50) for k in range(2)]  # other architecture
+    models = [WorkloadModel(name=n, model=ref, rate_rps=1.0) for n, ref in (("a", "llama-7b"), ("b", "llama-7b"), ("c", "llama-13b"))]
+    demands = demands_from_workload(Workload(models=models, requests=rows))
+    assert [(d.mean_prompt_tokens, d.mean_output_tokens) for d in demands] == [(102.0, 197.5), (102.0, 197.5), (300.0, 50.0)]
+    far = rows[:3] + [TraceRow(arrival_s=0.0, model="b", prompt_tokens=150, output_tokens=200)] + rows[4:]  # 50% apart: kept apart
+    demands = demands_from_workload(Workload(models=models, requests=far))
+    assert [(d.mean_prompt_tokens, d.mean_output_tokens) for d in demands][:2] == [(100.0, 200.0), (150.0, 200.0)]
