@@ -71,6 +71,7 @@ def _validation_message(exc: ValidationError) -> str:
 
 
 def create_app(engine: Engine, max_queue: int = 1024, default_max_tokens: int = 16) -> FastAPI:
+    """``default_max_tokens`` applies to completions (OpenAI's default); chat defaults to the rest of the context."""
     app = FastAPI(title="muxplan engine")
     telemetry = Telemetry(engine)
 
@@ -101,8 +102,8 @@ def create_app(engine: Engine, max_queue: int = 1024, default_max_tokens: int = 
 
     async def _submit(body: _Sampling, prompt_ids: list[int], chat: bool):
         model = body.model
-        params = body.params(default_max_tokens)
         limit = engine.max_context(model)
+        params = body.params(limit - len(prompt_ids) if chat else default_max_tokens)
         if len(prompt_ids) + 1 > limit:
             return _error(400, f"prompt: {len(prompt_ids)} tokens leave no room for output within this model's {limit}-token context")
         if engine.num_in_flight >= max_queue:
