@@ -225,6 +225,7 @@ class Engine:
         return delta, False
 
     def _finished(self, seq: Sequence, reason: str) -> None:
+        self.runners[seq.model].forget(seq.id)
         seq.finish_reason = reason
         seq.finish_s = self.now()
         self.finished.append(seq)

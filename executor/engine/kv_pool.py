@@ -40,6 +40,8 @@ class BlockManager:
         self._per_logical: dict[str, int] = {}
         self.tables: dict[int, list[list[int]]] = {}
         self._owner: dict[int, str] = {}
+        self._epoch: dict[int, int] = {}  # changes whenever a sequence's table starts afresh
+        self._epochs = 0
         self.used_blocks: dict[str, int] = {}
 
     def add_model(self, model: str, blocks_per_logical: int) -> None:
@@ -61,6 +63,9 @@ class BlockManager:
         per = self._per_logical[model]
         if num_logical * per > len(self._free):
             raise RuntimeError(f"KV pool exhausted: {num_logical * per} blocks asked, {len(self._free)} free")
+        if seq_id not in self.tables:
+            self._epochs += 1
+            self._epoch[seq_id] = self._epochs
         table = self.tables.setdefault(seq_id, [])
         self._owner[seq_id] = model
         for _ in range(num_logical):
@@ -70,10 +75,15 @@ class BlockManager:
     def num_logical(self, seq_id: int) -> int:
         return len(self.tables.get(seq_id, ()))
 
+    def epoch(self, seq_id: int) -> int:
+        """Identifies the sequence's current table: a table freed and allocated again gets a new epoch."""
+        return self._epoch[seq_id]
+
     def free(self, seq_id: int) -> int:
         """Return every block of the sequence to the free list; returns how many logical blocks it held."""
         table = self.tables.pop(seq_id, [])
         model = self._owner.pop(seq_id, None)
+        self._epoch.pop(seq_id, None)
         for blocks in table:
             self._free.extend(blocks)
         if model is not None:

@@ -117,6 +117,7 @@ class EngineProbe:
         finally:
             for s in seqs:
                 self.blocks.free(s.id)
+                self.runner.forget(s.id)
 
     def prefill_ms(self, sm_pct: int, batch: int, prompt_tokens: int, repeats: int, warmup: int) -> float | None:
         return self._measure("prefill", sm_pct, batch, prompt_tokens, repeats, warmup)
