@@ -247,3 +247,19 @@ def test_abort_frees_a_waiting_or_running_request(tiny_models):
     engine.run_until_idle()
     assert (running.finish_reason, waiting.finish_reason) == ("abort", "abort")
     assert len(running.output_ids) < 10 and engine.blocks.num_free == engine.pool.num_blocks and engine.num_in_flight == 0
+
+
+def test_a_catalog_model_serves_random_weights_at_its_real_shapes():
+    """What GPU profiling and benchmarks use: no local folder, no tokenizer, token-id prompts."""
+    from executor.engine.probe import EngineProbe
+    from profiler.measure import ProfileRequest
+
+    engine = Engine([ServedModel("q", "qwen2.5-0.5b", 8 * 2**20)])
+    assert engine.tokenizers["q"] is None and engine.eos_ids["q"] == set()
+    weights = sum(p.numel() for p in engine.runners["q"].model.parameters())
+    assert weights == 494032768  # the published parameter count (tied embeddings counted once)
+    seq = engine.add_request("q", [11, 12, 13], SamplingParams(max_tokens=3, temperature=0.0))
+    engine.run_until_idle()
+    assert len(seq.output_ids) == 3 and seq.text == "" and seq.finish_reason == "length"
+    probe = EngineProbe(ProfileRequest(model="qwen2.5-0.5b", gpu="cpu", batches=(1,), prefill_tokens=(8,), context_tokens=(8,)))
+    assert probe.decode_ms(100, 1, 8, repeats=1, warmup=0) > 0 and probe.info.sm_mechanism == "none"
