@@ -9,20 +9,19 @@ scheduler's choice; the block manager only hands out and takes back blocks.
 """
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
 from executor.engine.kv_pool import BlockManager
 from executor.engine.sequence import Sequence
+from planner.sim.slot import SlotCore, SmShares
+from planner.sim.unit import PREFILL_TOKEN_BUDGET
 
-PREFILL_TOKEN_BUDGET = 2048  # the paper's prefill batching budget
-SM_PART_PCT = 10
 
 
 @dataclass(frozen=True)
-class SlotSpec:
+class SlotSpec(SmShares):
     index: int
     name: str
     prefill_sm_pct: int
@@ -35,14 +34,6 @@ class SlotSpec:
     @property
     def kv_bytes_per_token(self) -> float:
         return self.block_bytes / self.block_tokens
-
-    @property
-    def prefill_parts(self) -> int:
-        return math.ceil(self.prefill_sm_pct / SM_PART_PCT)
-
-    @property
-    def decode_parts(self) -> int:
-        return math.ceil(self.decode_sm_pct / SM_PART_PCT)
 
 
 @dataclass(frozen=True)
@@ -61,33 +52,8 @@ class Job:
     start_s: float
 
 
-class Slot:
-    """One model on the unit: its queue, sequences in each phase and KV quota."""
-
-    def __init__(self, spec: SlotSpec, quota_bytes: int):
-        self.spec = spec
-        self.bb = spec.block_bytes
-        self.queue: deque[int] = deque()
-        self.in_prefill: list[int] = []
-        self.pending: list[int] = []  # prefilled, join the next decode step
-        self.running: dict[int, None] = {}  # insertion order: newest last
-        self.blocks = 0  # logical blocks held
-        self.quota_bytes = quota_bytes
-        self.initial_quota_bytes = quota_bytes
-        self.prefill_busy = False
-        self.decode_busy = False
-        self.kv_area = 0.0
-        self.kv_t = 0.0
-        self.prefill_sm = spec.prefill_sm_pct
-        self.decode_sm = spec.decode_sm_pct
-
-    @property
-    def seats(self) -> int:
-        return len(self.in_prefill) + len(self.pending) + len(self.running)
-
-    def oldest_arrival(self, book: "Book") -> float:
-        ids = [q[0] for q in (self.queue, self.in_prefill, self.pending) if q] + ([next(iter(self.running))] if self.running else [])
-        return min((book.arrival_s[i] for i in ids), default=float("inf"))
+class Slot(SlotCore):
+    """One model on the unit: its queue, sequences in each phase and KV quota; ``blocks`` counts logical blocks."""
 
 
 class Book:
@@ -148,8 +114,7 @@ class Scheduler:
         return False
 
     def touch_kv(self, slot: Slot, now: float) -> None:
-        slot.kv_area += slot.blocks * (now - slot.kv_t)
-        slot.kv_t = now
+        slot.touch_kv(now)
 
     def _grant(self, slot: Slot, seq: Sequence, num_logical: int) -> None:
         self.blocks.allocate(seq.id, slot.spec.name, num_logical)

@@ -76,12 +76,16 @@ def create_app(engine: Engine, max_queue: int = 1024, default_max_tokens: int = 
     telemetry = Telemetry(engine)
 
     async def _parse(request: Request, kind):
+        """The validated body for a served model, or the error response (400 bad body, 404 unknown model)."""
         try:
-            return kind.model_validate(await request.json()), None
+            body = kind.model_validate(await request.json())
         except json.JSONDecodeError:
             return None, _error(400, "(body): not valid JSON")
         except ValidationError as exc:
             return None, _error(400, _validation_message(exc))
+        if body.model not in engine.models:
+            return None, _error(404, f"model '{body.model}' is not served here; served models: {', '.join(engine.models)}")
+        return body, None
 
     def _prompt_ids(model: str, prompt) -> list[int]:
         tok = engine.tokenizers[model]
@@ -163,16 +167,9 @@ def create_app(engine: Engine, max_queue: int = 1024, default_max_tokens: int = 
             if not finished:
                 engine.abort(seq.id)  # the client went away
 
-    def _check_model(model: str):
-        if model not in engine.models:
-            return _error(404, f"model '{model}' is not served here; served models: {', '.join(engine.models)}")
-        return None
-
     @app.post("/v1/completions")
     async def completions(request: Request):
         body, err = await _parse(request, CompletionRequest)
-        if err is None:
-            err = _check_model(body.model)
         if err is not None:
             return err
         try:
@@ -184,8 +181,6 @@ def create_app(engine: Engine, max_queue: int = 1024, default_max_tokens: int = 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body, err = await _parse(request, ChatRequest)
-        if err is None:
-            err = _check_model(body.model)
         if err is not None:
             return err
         tok = engine.tokenizers[body.model]

@@ -5,7 +5,6 @@ unit hosting its model, by routing share for replicated models (a seeded draw, s
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,16 +12,16 @@ import numpy as np
 from muxplan.catalog import get_gpu, get_model
 from muxplan.files import InputError
 from muxplan.schema import GpuSpec, ModelSpec, Plan, Workload
+from planner.sim.slot import SmShares
 from planner.sim.trace import RequestTable
 from profiler.cost_model import CostModel
 from profiler.memory import kv_bytes_per_token_per_gpu
 
-SM_PART_PCT = 10  # the paper's runtime counts SMs in 10% parts
 BLOCK_TOKENS = 16  # tokens per KV block
 
 
 @dataclass
-class SlotSpec:
+class SlotSpec(SmShares):
     """One model on one unit, with memoised latencies (the cost model is the slow part of a step)."""
 
     unit: int
@@ -45,14 +44,6 @@ class SlotSpec:
     @property
     def kv_bytes_per_token(self) -> float:
         return self.block_bytes / BLOCK_TOKENS
-
-    @property
-    def prefill_parts(self) -> int:
-        return math.ceil(self.prefill_sm_pct / SM_PART_PCT)
-
-    @property
-    def decode_parts(self) -> int:
-        return math.ceil(self.decode_sm_pct / SM_PART_PCT)
 
     def prefill_s(self, sm_pct: int, batch: int, tokens: int) -> float:
         key = (sm_pct, batch, tokens)

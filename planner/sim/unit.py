@@ -8,9 +8,9 @@ and a heap of finish steps gives the sequences that end, with no per-token loop.
 from __future__ import annotations
 
 import heapq
-from collections import deque
 
 from planner.sim.layout import BLOCK_TOKENS, SlotSpec, UnitSpec
+from planner.sim.slot import SlotCore
 
 PREFILL_TOKEN_BUDGET = 2048  # the paper's prefill batching budget
 PREFILL_DONE, DECODE_DONE = 0, 1
@@ -36,41 +36,16 @@ class Book:
         self.num_open -= 1
 
 
-class SlotState:
-    """Dynamic state of one model on a unit."""
+class SlotState(SlotCore):
+    """Dynamic state of one model on a unit; ``running`` maps req -> (join step, context at join)."""
 
     def __init__(self, spec: SlotSpec, quota_bytes: int):
-        self.spec = spec
-        self.bb = spec.block_bytes
-        self.queue: deque[int] = deque()
-        self.in_prefill: list[int] = []
-        self.pending: list[int] = []  # prefilled, joins the next decode step
-        self.running: dict[int, tuple[int, int]] = {}  # req -> (join step, context at join)
+        super().__init__(spec, quota_bytes)
         self.finish_heap: list[tuple[int, int]] = []
         self.phase_count = [0] * BLOCK_TOKENS
         self.step = 0
         self.ctx_sum = 0
-        self.blocks = 0
-        self.quota_bytes = quota_bytes
-        self.initial_quota_bytes = quota_bytes
-        self.prefill_busy = False
-        self.decode_busy = False
         self.decode_n = 0
-        self.kv_area = 0.0  # block-seconds held since the last quota adaptation
-        self.kv_t = 0.0
-        self.prefill_sm = spec.prefill_sm_pct
-        self.decode_sm = spec.decode_sm_pct
-
-    @property
-    def seats(self) -> int:
-        return len(self.in_prefill) + len(self.pending) + len(self.running)
-
-    def oldest_arrival(self, book: Book) -> float:
-        firsts = [book.arrival_s[r] for r in (self.queue[0] if self.queue else None,
-                                              self.in_prefill[0] if self.in_prefill else None,
-                                              self.pending[0] if self.pending else None,
-                                              next(iter(self.running)) if self.running else None) if r is not None]
-        return min(firsts) if firsts else float("inf")
 
 
 class UnitState:
@@ -114,9 +89,7 @@ class UnitState:
         return False
 
     def touch_kv(self, slot: SlotState, now: float) -> None:
-        """Accumulate the slot's KV holding over time (called before every change of its blocks)."""
-        slot.kv_area += slot.blocks * (now - slot.kv_t)
-        slot.kv_t = now
+        slot.touch_kv(now)
 
     def _set_sm(self, now: float, delta: int) -> None:
         self.sm_area += self.sm_used * (now - self.sm_t)
