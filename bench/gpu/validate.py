@@ -99,23 +99,32 @@ def step_analytic(gpu: str, profiles_dir: Path) -> dict:
     return {"params": params.model_dump(), "mape_pct": {r.group: round(r.mape_pct, 2) for r in rows}}
 
 
+def _samples_s(run, device: str, repeats: int = 5) -> list[float]:
+    """Wall seconds of ``run()`` after one warm-up call, synchronising the GPU around each timed call."""
+    import torch
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    run()
+    samples = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        run()
+        sync()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
 def _copy_bandwidth_bytes_per_s(device: str) -> float:
     import torch
 
     n = (1 << 30) if device == "cuda" else (1 << 27)
     src = torch.empty(n, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    best = float("inf")
-    for _ in range(5):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        dst.copy_(src)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n / best  # read + write
+    return 2 * n / min(_samples_s(lambda: dst.copy_(src), device))  # read + write
 
 
 def _matmul_flops_per_s(device: str) -> float:
@@ -124,17 +133,7 @@ def _matmul_flops_per_s(device: str) -> float:
     n, dtype = (8192, torch.bfloat16) if device == "cuda" else (768, torch.float32)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(5):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    return 2 * n**3 / min(_samples_s(lambda: a @ b, device))
 
 
 def step_speed(model_ref: str, profile_path: Path, device: str, decode_context: int) -> dict:
@@ -178,17 +177,7 @@ def step_attention(device: str, batch: int, context: int, heads: int, kv_heads: 
     lens = torch.full((batch,), context, device=device)
 
     def timed(fn) -> float:
-        fn(q, cache, tables, lens)
-        samples = []
-        for _ in range(5):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn(q, cache, tables, lens)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            samples.append((time.perf_counter() - start) * 1e3)
-        return float(np.median(samples))
+        return float(np.median(_samples_s(lambda: fn(q, cache, tables, lens), device))) * 1e3
 
     diff = float((decode_paged(q, cache, tables, lens).float() - decode_reference(q, cache, tables, lens).float()).abs().max())
     paged_ms, reference_ms = timed(decode_paged), timed(decode_reference)
