@@ -208,6 +208,7 @@ class SolverRecord(Record):
     seed: int = 0
     time_limit_s: float | None = None
     inputs_digest: str = ""
+    headroom: float | None = Field(default=None, ge=0, description="largest common rate scale the plan serves within SLO")
 
 
 class PlacedModel(Record):

@@ -1,19 +1,24 @@
-"""The one yardstick F(b, W): served throughput of a unit, used by every solver and by reports.
+"""The one yardstick: the rates a unit serves within its SLO, used by every solver and by reports.
 
-A unit is a mesh of n GPUs (TP = n) hosting models i, each with an Option (decode SM%, batch) and
-a routed rate r_i. Served rates x solve the LP
+A unit is a mesh of n GPUs (TP = n) hosting models i, each with an Option (decode SM%, max batch b) and
+a routed rate r_i. Under ADBS a prefill takes the whole mesh and starts only once the running decodes
+have drained, so every prefill stalls every decode of the unit for q_j = p_j + delta seconds per request:
+its own time p_j plus the drain delta = DRAIN_FACTOR * max_i t_i (the residual of the longest running
+decode step, t_i = the step at batch b_i). With Q = sum_j q_j x_j the stalled share of time, served
+rates x solve
 
-    max  sum_i x_i   s.t.  0 <= x_i <= r_i,
-         d_i x_i + sum_j p_j x_j <= 1       for every i   (multiplexed: 'spatial-temporal')
-         sum_j (p_j + d_j) x_j <= 1                         (one job at a time: 'temporal')
+    max  sum_i w_i x_i   s.t.  0 <= x_i <= r_i,
+         d_i x_i + Q <= UTIL_CAP               for every i   (decode keeps up at batch b_i, with headroom)
+         Q <= 1 - t_i / tau_i                  for every i   (TPOT = t_i / (1 - Q) within its limit tau_i)
+         Q <= UTIL_CAP
 
-where p_j, d_j are prefill and decode seconds per request (planner.tables). In the multiplexed
-form model i's decode runs beside the other decodes on its own SM share, and all prefills are
-serialised on the whole mesh, so the time left to i's decode is what the prefills leave: this is
-the linear time-share form of MuxServe's round formula tpt_i = b_i / (L_out T_dec_i + sum_j T_pre_j),
-chosen (DESIGN §4) so that the exact optimiser optimises exactly what this function measures.
-Feasibility: memory sum(weights/n + reserve + KV) <= usable GPU memory, and decode SM shares
-sum(decode_sm_pct) <= 120 (the paper's overbooking allowance) when multiplexed.
+(temporal, one job at a time: sum_j (p_j + d_j) x_j <= UTIL_CAP). For fixed Q = P this is a fractional
+knapsack on prefill seconds with caps min(r_i, (UTIL_CAP - P) / d_i); its value V(P) is concave, so a
+golden-section search over P in [0, P_max] solves it to ~1e-12, vectorised over many candidate units
+(``best_rates``; the exact pricing uses the same function). Every constraint is linear in x, so the exact
+optimiser optimises exactly what this function measures. Feasibility: memory sum(weights/n + reserve +
+KV) <= usable GPU memory, and decode SM shares sum(decode_sm_pct) <= 120 (the paper's overbooking
+allowance) when multiplexed. Latencies and SLO attainment at these rates: planner.latency.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ from planner.tables import Demand, Option
 from profiler.memory import usable_bytes
 
 SM_BUDGET_PCT = 120
+UTIL_CAP = 0.95  # largest busy share of a decode job or of the unit's prefill path (queues stay bounded)
+DRAIN_FACTOR = 0.5  # mean residual of the longest running decode step when a prefill arrives
 EPS = 1e-9
 
 
@@ -37,6 +44,7 @@ class UnitEstimate:
     mem_bytes: int
     sm_pct: int
     problems: tuple[str, ...]
+    stall_share: float = 0.0  # Q: share of time every decode waits for prefills and their drains
 
     @property
     def feasible(self) -> bool:
@@ -58,35 +66,82 @@ def unit_problems(gpu: GpuSpec, options: list[Option], temporal: bool = False) -
     return problems
 
 
+def drain_s(options) -> float:
+    return DRAIN_FACTOR * max((o.decode_step_s for o in options), default=0.0)
+
+
+def stall_costs(options: list[Option]) -> list[float]:
+    """q_j: seconds of stall per request of model j (its prefill plus the drain before it)."""
+    delta = drain_s(options)
+    return [o.prefill_s_per_req + delta for o in options]
+
+
+def prefill_limit(options: list[Option]) -> float:
+    """P_max: the largest stalled share every member's TPOT limit and the utilisation cap allow."""
+    return min([UTIL_CAP] + [o.prefill_cap for o in options])
+
+
+def best_rates(W: np.ndarray, R: np.ndarray, Q: np.ndarray, D: np.ndarray, pmax: np.ndarray, iters: int = 64):
+    """Row-wise max_P V(P) (module docstring) for arrays (rows x members); returns (value, x).
+
+    Rows with pmax < 0 (some member's TPOT limit is broken by its decode step alone) get value 0."""
+    order = np.argsort(-(W / Q), axis=1)  # fractional knapsack on stall seconds: best value per second first
+    W, R, Q, D = (np.take_along_axis(a, order, axis=1) for a in (W, R, Q, D))
+    hi0 = np.clip(pmax, 0.0, UTIL_CAP)
+
+    def value(load):
+        cap = np.minimum(R, np.maximum(0.0, UTIL_CAP - load)[:, None] / D)
+        left = load.copy()
+        x = np.empty_like(cap)
+        for k in range(W.shape[1]):
+            x[:, k] = np.clip(np.minimum(cap[:, k], left / Q[:, k]), 0.0, None)
+            left = left - x[:, k] * Q[:, k]
+        return (W * x).sum(axis=1), x
+
+    lo, hi = np.zeros(len(W)), hi0.copy()
+    g = (np.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = value(a)[0], value(b)[0]
+    for _ in range(iters):  # concave: a maximiser stays in [lo, hi]
+        left = fa < fb
+        lo, hi = np.where(left, a, lo), np.where(left, hi, b)
+        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+        fa, fb = value(a)[0], value(b)[0]
+    best, x = value(np.where(fa >= fb, a, b))
+    top, xt = value(hi0)  # the demand-capped optimum often sits at the upper end: take it exactly when better
+    use_top = top > best
+    best, x = np.where(use_top, top, best), np.where(use_top[:, None], xt, x)
+    broken = pmax < 0
+    best, x = np.where(broken, 0.0, best), np.where(broken[:, None], 0.0, x)
+    inverse = np.argsort(order, axis=1)
+    return best, np.take_along_axis(x, inverse, axis=1)
+
+
 def served_rates(options: list[Option], routed: list[float], temporal: bool = False) -> list[float]:
     """The LP above; closed form when all routed demand fits."""
-    p = [o.prefill_s_per_req for o in options]
-    d = [o.decode_s_per_req for o in options]
-    prefill_load = sum(pj * rj for pj, rj in zip(p, routed))
-    if temporal:
-        if prefill_load + sum(dj * rj for dj, rj in zip(d, routed)) <= 1 + EPS:
-            return list(routed)
-    elif all(di * ri + prefill_load <= 1 + EPS for di, ri in zip(d, routed)):
-        return list(routed)
     n = len(options)
+    if n == 0:
+        return []
+    d = [o.decode_s_per_req for o in options]
     if temporal:  # one knapsack row: serve the cheapest requests first
-        x, left = [0.0] * n, 1.0
-        for j in sorted(range(n), key=lambda j: p[j] + d[j]):
-            x[j] = max(0.0, min(routed[j], left / (p[j] + d[j])))
-            left -= x[j] * (p[j] + d[j])
+        cost = [o.prefill_s_per_req + dj for o, dj in zip(options, d)]
+        x, left = [0.0] * n, UTIL_CAP
+        for j in sorted(range(n), key=lambda j: cost[j]):
+            x[j] = max(0.0, min(routed[j], left / cost[j]))
+            left -= x[j] * cost[j]
         return x
+    q = stall_costs(options)
+    pmax = prefill_limit(options)
+    if pmax < 0:
+        return [0.0] * n
+    load = sum(qj * rj for qj, rj in zip(q, routed))
+    if load <= pmax + EPS and all(di * ri + load <= UTIL_CAP + EPS for di, ri in zip(d, routed)):
+        return list(routed)
+    caps = [min(r, 1e12) for r in routed]
     if n <= SMALL_LP:
-        return _best_vertex(p, d, routed)
-    from scipy.optimize import linprog
-
-    if temporal:
-        a_ub = [[pj + dj for pj, dj in zip(p, d)]]
-        b_ub = [1.0]
-    else:
-        a_ub = [[p[j] + (d[i] if i == j else 0.0) for j in range(n)] for i in range(n)]
-        b_ub = [1.0] * n
-    res = linprog([-1.0] * n, A_ub=a_ub, b_ub=b_ub, bounds=list(zip([0.0] * n, routed)), method="highs")
-    return [max(0.0, float(v)) for v in res.x]
+        return _best_vertex(q, d, caps, pmax)
+    _, x = best_rates(np.ones((1, n)), np.array([caps]), np.array([q]), np.array([d]), np.array([pmax]))
+    return [float(v) for v in x[0]]
 
 
 SMALL_LP = 4  # decode SM shares of >= 30% within 120%: at most four models on a multiplexed unit
@@ -94,17 +149,17 @@ SMALL_LP = 4  # decode SM shares of >= 30% within 120%: at most four models on a
 
 @lru_cache(maxsize=None)
 def _vertex_rows(n: int):
-    return np.array(list(itertools.combinations(range(3 * n), n)), dtype=np.intp)
+    return np.array(list(itertools.combinations(range(3 * n + 1), n)), dtype=np.intp)
 
 
-def _best_vertex(p: list[float], d: list[float], routed: list[float]) -> list[float]:
-    """The multiplexed LP solved exactly by enumerating its vertices (n <= 4: at most 495 n x n systems, one
-    batched solve; several times faster than a general LP call, which dominated the greedy's run time)."""
-    n = len(p)
-    pv, dv, rv = np.asarray(p, float), np.asarray(d, float), np.asarray(routed, float)
+def _best_vertex(q: list[float], d: list[float], caps: list[float], pmax: float) -> list[float]:
+    """The LP solved exactly by enumerating its vertices (n <= 4: at most 715 n x n systems in one batched solve;
+    several times faster than the golden-section search or a general LP call for a single unit)."""
+    n = len(q)
+    qv, dv, rv = np.asarray(q, float), np.asarray(d, float), np.asarray(caps, float)
     eye = np.eye(n)
-    a = np.vstack([eye, -eye, np.diag(dv) + pv[None, :]])  # x <= r, -x <= 0, d_i x_i + p.x <= 1
-    b = np.concatenate([rv, np.zeros(n), np.ones(n)])
+    a = np.vstack([eye, -eye, np.diag(dv) + qv[None, :], qv[None, :]])  # x <= r, -x <= 0, d_i x_i + q.x <= cap, q.x <= pmax
+    b = np.concatenate([rv, np.zeros(n), np.full(n, UTIL_CAP), [pmax]])
     rows = _vertex_rows(n)
     a_sel, b_sel = a[rows], b[rows]
     regular = np.abs(np.linalg.det(a_sel)) > 1e-12
@@ -118,4 +173,5 @@ def estimate_unit(gpu: GpuSpec, members: list[tuple[Demand, Option, float]], tem
     options = [o for _, o, _ in members]
     problems = unit_problems(gpu, options, temporal)
     served = served_rates(options, [r for _, _, r in members], temporal) if not problems else [0.0] * len(members)
-    return UnitEstimate(tuple(served), sum(o.mem_bytes for o in options), sum(o.decode_sm_pct for o in options), tuple(problems))
+    stall = 0.0 if temporal else sum(q * x for q, x in zip(stall_costs(options), served))
+    return UnitEstimate(tuple(served), sum(o.mem_bytes for o in options), sum(o.decode_sm_pct for o in options), tuple(problems), stall)

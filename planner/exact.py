@@ -13,7 +13,8 @@ Power-of-two meshes always pack into power-of-two nodes by first-fit decreasing,
 need not be enumerated. Pricing, per (t, n): the best unit maximising  sum pi_i x_i - mu_t n  subject to
 exactly the estimator's unit constraints (planner.estimator): one option per hosted model, memory
 sum mem_i <= usable, decode SM sum sm_i <= 120, 0 <= x_i <= r_i and for every hosted i
-d_i x_i + sum_j p_j x_j <= 1. So the estimator of the final plan equals the objective. It is solved exactly
+d_i x_i + Q <= UTIL_CAP and Q <= 1 - t_i / tau_i (Q the stalled share, planner.estimator). So the estimator
+of the final plan equals the objective. It is solved exactly
 by enumeration (planner.pricing, milliseconds); when too many distinct duals make that large, a restricted
 enumeration proposes columns and, once it finds none, a MILP over binaries y_{i,o} (model i at option o)
 and rates x_{i,o} <= min(r_i, 1 / (p + d)) y_{i,o} proves the round. The MILP is tightened by valid
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from muxplan.catalog import get_gpu
 from muxplan.files import InputError
 from muxplan.schema import Cluster
-from planner.estimator import SM_BUDGET_PCT
+from planner.estimator import DRAIN_FACTOR, SM_BUDGET_PCT, UTIL_CAP, served_rates
 from planner.master_lp import master_lp, min_gpu_lp
 from planner.placement import UnitChoice
 from planner.pricing import price_enumerated
@@ -131,16 +132,21 @@ def _price(demands, gpu, n, cost_model, pi, time_limit_s):
     h.addConstr(sum(opts[key].decode_sm_pct * ys[key] for key in opts) <= SM_BUDGET_PCT)
     most = SM_BUDGET_PCT // min(o.decode_sm_pct for o in opts.values())  # models per unit
     h.addConstr(sum(ys.values()) <= most)
-    prefill = sum(opts[key].prefill_s_per_req * xs[key] for key in opts)
+    # a relaxation of the estimator: the drain before a prefill counted as the model's own decode step (the unit's
+    # longest is at least that), so the dual bound stays valid; found members are re-rated by the estimator
+    prefill = sum((opts[key].prefill_s_per_req + DRAIN_FACTOR * opts[key].decode_step_s) * xs[key] for key in opts)
+    h.addConstr(prefill <= UTIL_CAP)
     for i in cand:
         if mine[i]:
-            h.addConstr(sum(opts[key].decode_s_per_req * xs[key] for key in mine[i]) + prefill <= 1)
+            h.addConstr(sum(opts[key].decode_s_per_req * xs[key] for key in mine[i]) + prefill <= UTIL_CAP)
+    for key, o in opts.items():  # TPOT limit of a hosted option: prefill <= its prefill cap
+        h.addConstr(prefill + (1.0 - o.prefill_cap) * ys[key] <= 1.0)
     # Valid aggregated time shares: for weights a_io with sum a_io y_io <= 1 in every unit (SM share / budget,
-    # memory / usable, 1 / models per unit), summing a_io (d_io x_io) <= a_io (1 - prefill) over the hosted
-    # models gives sum a_io d_io x_io + prefill <= 1. They cut off relaxations that spread a little of many
+    # memory / usable, 1 / models per unit), summing a_io (d_io x_io) <= a_io (UTIL_CAP - prefill) over the hosted
+    # models gives sum a_io d_io x_io + prefill <= UTIL_CAP. They cut off relaxations that spread a little of many
     # models over one unit (no decode constraint binds there), which is what made the dual bound weak.
     for weight in (lambda o: o.decode_sm_pct / SM_BUDGET_PCT, lambda o: o.mem_bytes / usable, lambda o: 1.0 / most):
-        h.addConstr(sum(weight(opts[key]) * opts[key].decode_s_per_req * xs[key] for key in opts) + prefill <= 1)
+        h.addConstr(sum(weight(opts[key]) * opts[key].decode_s_per_req * xs[key] for key in opts) + prefill <= UTIL_CAP)
     for j, i in _dominance_pairs(demands, [i for i in cand if mine[i]], pi):
         h.addConstr(sum(ys[key] for key in mine[j]) - sum(ys[key] for key in mine[i]) <= 0)
     h.maximize(sum(pi[key[0]] * xs[key] for key in opts))
@@ -148,8 +154,10 @@ def _price(demands, gpu, n, cost_model, pi, time_limit_s):
     bound = info.mip_dual_bound if info.mip_dual_bound == info.mip_dual_bound else float("inf")
     if info.primal_solution_status != 2:  # no feasible solution within the time limit
         return bound, float("-inf"), ()
-    members = tuple((i, opts[i, k], h.val(xs[i, k])) for (i, k) in opts if h.val(ys[i, k]) > 0.5 and h.val(xs[i, k]) > TOL)
-    return bound, h.getObjectiveValue(), members
+    chosen = [(i, opts[i, k]) for (i, k) in opts if h.val(ys[i, k]) > 0.5 and h.val(xs[i, k]) > TOL]
+    rates = served_rates([o for _, o in chosen], [demands[i].rate_rps for i, _ in chosen])
+    members = tuple((i, o, x) for (i, o), x in zip(chosen, rates) if x > TOL)
+    return bound, sum(pi[i] * x for i, _, x in members), members
 
 
 def _single_columns(demands, gpus, cost_model):
@@ -182,7 +190,7 @@ def _twins(demands: list[Demand]) -> dict[int, list[int]]:
     """Models with the same architecture and mean lengths: their option tables are identical."""
     groups: dict[tuple, list[int]] = {}
     for i, d in enumerate(demands):
-        groups.setdefault((d.spec.name, round(d.mean_prompt_tokens), round(d.mean_output_tokens)), []).append(i)
+        groups.setdefault(d.table_key, []).append(i)
     return {i: g for g in groups.values() for i in g}
 
 

@@ -56,3 +56,22 @@ def min_gpu_lp(cols, demands, gpu_counts):
         return None
     duals = [-v for v in res.ineqlin.marginals]
     return duals[:m], {t: 1.0 + duals[m + k] for k, t in enumerate(types)}
+
+
+def headroom_lp(cols, demands, gpu_counts):
+    """Value z, duals pi (per model, sum pi_i r_i = 1) and mu (per GPU type) of the common-scale LP
+    max z  s.t.  z r_i - sum_c a_{c,i} lambda_c <= 0 [pi_i],  sum_{c of type t} n_c lambda_c <= G_t [mu_t]."""
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    m, c = len(demands), len(cols)
+    types = list(gpu_counts)
+    rows, cidx, vals = _column_rows(cols, m, types)
+    rows += list(range(m))  # + z r_i
+    cidx += [c] * m
+    vals += [d.rate_rps for d in demands]
+    a_ub = coo_matrix((vals, (rows, cidx)), shape=(m + len(types), c + 1)).tocsr()
+    b_ub = [0.0] * m + [float(gpu_counts[t]) for t in types]
+    res = linprog([0.0] * c + [-1.0], A_ub=a_ub, b_ub=b_ub, bounds=[(0, None)] * (c + 1), method="highs")
+    duals = [-v for v in res.ineqlin.marginals]
+    return -res.fun, duals[:m], dict(zip(types, duals[m:]))

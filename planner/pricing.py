@@ -12,10 +12,10 @@ Instead of a MILP it enumerates only what can be optimal:
    larger batch (less decode and prefill time per request, more memory): per member set only the maximal
    SM splits ((90), (30,90), (50,70), (70,50), (90,30), (30,30,50)..., (30,30,30,30)) and the batch vectors
    that cannot grow within memory are kept, from per-model Pareto option lists.
-3. For fixed options the rate LP is max over the prefill load P in [0, 1] of V(P) = max {w.x :
-   x_i <= min(r_i, (1 - P) / d_i), p.x <= P}, a fractional knapsack; V is concave in P (its hypograph is
-   convex because min(r, (1 - P) / d) is concave), so a golden-section search over P, vectorised over all
-   candidates, finds the optimum to ~1e-12.
+3. For fixed options the rate LP is the estimator's (planner.estimator.best_rates): max over the stalled
+   share P in [0, P_max] of a fractional knapsack, concave in P, solved by a golden-section search over P
+   vectorised over all candidates to ~1e-12. The stall cost per request q_j = p_j + drain depends on the
+   row's longest decode step, and P_max on every member's TPOT limit: both are per-row constants.
 
 The result is the pricing optimum (not a heuristic), so the dual bound it returns is the value itself plus
 a tolerance. When the enumeration would be too large (many models with distinct duals), it returns None and
@@ -27,7 +27,7 @@ import itertools
 
 import numpy as np
 
-from planner.estimator import SM_BUDGET_PCT
+from planner.estimator import DRAIN_FACTOR, SM_BUDGET_PCT, UTIL_CAP, best_rates
 from planner.tables import DECODE_SM_PCTS, model_options
 from profiler.memory import usable_bytes
 
@@ -49,7 +49,8 @@ def _pareto(opts):
     """Options sorted by memory, keeping only those no smaller option beats in both decode and prefill time."""
     out = []
     for o in sorted(opts, key=lambda o: (o.mem_bytes, o.decode_s_per_req, o.prefill_s_per_req)):
-        if not any(q.decode_s_per_req <= o.decode_s_per_req and q.prefill_s_per_req <= o.prefill_s_per_req for q in out):
+        if not any(q.decode_s_per_req <= o.decode_s_per_req and q.prefill_s_per_req <= o.prefill_s_per_req
+                   and q.decode_step_s <= o.decode_step_s for q in out):
             out.append(o)
     return out
 
@@ -62,8 +63,7 @@ class _Tables:
         self.group_of, self.opts, self.arr = {}, {}, {}
         keys: dict[tuple, int] = {}
         for i, d in enumerate(demands):
-            key = (d.spec.name, d.spec.num_layers, round(d.mean_prompt_tokens), round(d.mean_output_tokens))
-            g = keys.setdefault(key, len(keys))
+            g = keys.setdefault(d.table_key, len(keys))
             self.group_of[i] = g
             if (g, 90) in self.opts:
                 continue
@@ -72,7 +72,8 @@ class _Tables:
                 ps = _pareto([o for o in allowed if o.decode_sm_pct <= cap])
                 self.opts[g, cap] = ps
                 self.arr[g, cap] = (np.array([o.prefill_s_per_req for o in ps]), np.array([o.decode_s_per_req for o in ps]),
-                                    np.array([float(o.mem_bytes) for o in ps]))
+                                    np.array([float(o.mem_bytes) for o in ps]), np.array([o.decode_step_s for o in ps]),
+                                    np.array([o.prefill_cap for o in ps]))
         self._vectors: dict[tuple, np.ndarray] = {}
 
     def batch_vectors(self, sig: tuple[tuple[int, int], ...]) -> np.ndarray:
@@ -86,8 +87,8 @@ class _Tables:
             used = sum(m[grid[:, k]] for k, m in enumerate(mems))
             keep = used <= self.usable
             for k, (s, m) in enumerate(zip(sig, mems)):  # maximal: no member can take a larger option that is
-                p, d, _ = self.arr[s]                      # no slower in decode and prefill, within memory
-                better = np.append((p[1:] <= p[:-1]) & (d[1:] <= d[:-1]), False)
+                p, d, _, t, _ = self.arr[s]                # no slower in decode, step and prefill, within memory
+                better = np.append((p[1:] <= p[:-1]) & (d[1:] <= d[:-1]) & (t[1:] <= t[:-1]), False)
                 nxt = np.minimum(grid[:, k] + 1, len(m) - 1)
                 grows = better[grid[:, k]] & (used - m[grid[:, k]] + m[nxt] <= self.usable)
                 keep &= ~grows
@@ -133,34 +134,6 @@ def _closed_sets(groups: dict[int, list[int]], w, r, most: int):
     return [s for s in out if s], loss
 
 
-def _golden_lp(W, R, P, D, iters: int = 64):
-    """Row-wise max_P V(P) (module docstring, step 3) for arrays (rows x members); returns (value, x)."""
-    order = np.argsort(-(W / P), axis=1)  # fractional knapsack on prefill: best value per prefill second first
-    W, R, P, D = (np.take_along_axis(a, order, axis=1) for a in (W, R, P, D))
-
-    def value(load):
-        cap = np.minimum(R, np.maximum(0.0, 1.0 - load)[:, None] / D)
-        left = load.copy()
-        x = np.empty_like(cap)
-        for k in range(W.shape[1]):
-            x[:, k] = np.clip(np.minimum(cap[:, k], left / P[:, k]), 0.0, None)
-            left = left - x[:, k] * P[:, k]
-        return (W * x).sum(axis=1), x
-
-    lo, hi = np.zeros(len(W)), np.ones(len(W))
-    g = (np.sqrt(5) - 1) / 2
-    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = value(a)[0], value(b)[0]
-    for _ in range(iters):  # concave: a maximiser stays in [lo, hi]
-        left = fa < fb
-        lo, hi = np.where(left, a, lo), np.where(left, hi, b)
-        a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-        fa, fb = value(a)[0], value(b)[0]
-    best, x = value(np.where(fa >= fb, a, b))
-    inverse = np.argsort(order, axis=1)
-    return best, np.take_along_axis(x, inverse, axis=1)
-
-
 def price_enumerated(demands, gpu, n, cost_model, pi, tol: float = 1e-9):
     """(dual bound, objective, members) like exact._price, exactly. When that is too large to enumerate (many
     models with distinct duals), the same enumeration over the most valuable models only: a heuristic column
@@ -182,8 +155,7 @@ def _enumerate(demands, gpu, n, cost_model, pi, tol, limit):
         return None  # SM_SPLITS is written for these shares
     usable = usable_bytes(gpu)
     cand = [i for i, d in enumerate(demands) if pi[i] > tol and d.rate_rps > 0]
-    key = (id(cost_model), gpu.name, usable, n, tuple((d.spec.name, d.spec.num_layers, round(d.mean_prompt_tokens),
-                                                      round(d.mean_output_tokens)) for d in demands))
+    key = (id(cost_model), gpu.name, usable, n, tuple(d.table_key for d in demands))
     if key not in _TABLES:
         _TABLES[key] = _Tables(demands, gpu, n, cost_model, usable)
     tables = _TABLES[key]
@@ -226,14 +198,18 @@ def _enumerate(demands, gpu, n, cost_model, pi, tol, limit):
         R = np.concatenate([np.tile([r[i] for i in m], (len(v), 1)) for m, _, _, v in blks])
         P = np.concatenate([np.stack([tables.arr[s][0][v[:, c]] for c, s in enumerate(sig)], axis=1) for _, _, sig, v in blks])
         D = np.concatenate([np.stack([tables.arr[s][1][v[:, c]] for c, s in enumerate(sig)], axis=1) for _, _, sig, v in blks])
-        # x_i (p_i + d_i) <= 1 bounds every row; a coarse search gives feasible values (lower bounds):
+        T = np.concatenate([np.stack([tables.arr[s][3][v[:, c]] for c, s in enumerate(sig)], axis=1) for _, _, sig, v in blks])
+        C = np.concatenate([np.stack([tables.arr[s][4][v[:, c]] for c, s in enumerate(sig)], axis=1) for _, _, sig, v in blks])
+        Q = P + DRAIN_FACTOR * T.max(axis=1, keepdims=True)
+        pmax = np.minimum(UTIL_CAP, C.min(axis=1))
+        # x_i (q_i + d_i) <= UTIL_CAP bounds every row; a coarse search gives feasible values (lower bounds):
         # only rows that could beat the best of them get the full search
-        upper = (W * np.minimum(R, 1.0 / (P + D))).sum(axis=1)
-        coarse = _golden_lp(W, R, P, D, iters=12)[0]
+        upper = np.where(pmax < 0, 0.0, (W * np.minimum(R, UTIL_CAP / (Q + D))).sum(axis=1))
+        coarse = best_rates(W, R, Q, D, pmax, iters=12)[0]
         live = upper >= max(coarse.max(), best[0]) - 1e-12
         values = np.full(len(W), -np.inf)
         xs = np.zeros_like(W)
-        values[live], xs[live] = _golden_lp(W[live], R[live], P[live], D[live])
+        values[live], xs[live] = best_rates(W[live], R[live], Q[live], D[live], pmax[live])
         top = int(np.argmax(values))
         if values[top] > best[0]:
             row, found = top, None

@@ -5,14 +5,16 @@ import time
 
 from muxplan.files import InputError
 from muxplan.schema import Cluster, Considered, Plan, SolverRecord, Workload
+from planner.exact import ExactSolution
 from planner.placement import build_plan, inputs_digest
 from planner.tables import demands_from_workload
 
 SOLVERS = ("exact", "greedy", "spatial", "temporal")
-OBJECTIVES = ("throughput", "weighted", "fairness", "min-gpus")
+OBJECTIVES = ("goodput", "headroom", "min-gpus", "throughput", "weighted", "fairness")
+ALL_SERVED = 1 - 1e-6  # share of the demand above which a plan counts as serving all of it
 
 
-def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, cost_label: str = "", objective: str = "throughput",
+def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, cost_label: str = "", objective: str = "goodput",
                time_limit_s: float = 30.0, seed: int = 0, backend: str = "highs", greedy_units=None, spent_s: float = 0.0) -> Plan:
     """One solver's plan. ``time_limit_s`` bounds the wall time including the greedy warm start of exact:
     ``spent_s`` is what the caller already spent on it (when it passes ``greedy_units``)."""
@@ -30,10 +32,11 @@ def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, co
     start = time.perf_counter()
     value = bound = gap = None
     status = "heuristic"
+    headroom = None
     if method == "exact":
         warm = greedy_units if greedy_units is not None else place_greedy(demands, cluster, cost_model, time_limit_s / 3)
         left = time_limit_s - spent_s - (time.perf_counter() - start)
-        sol = solve_exact(demands, cluster, cost_model, objective, max(1.0, left), seed, backend, warm)
+        sol, headroom = _solve_exact_objective(demands, cluster, cost_model, objective, max(1.0, left), seed, backend, warm)
         units, value, status = list(sol.units), sol.value, sol.status
         bound = None if sol.bound != sol.bound or sol.bound == float("inf") else sol.bound
         gap = None if sol.gap != sol.gap else sol.gap
@@ -45,13 +48,45 @@ def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, co
     if not units:
         raise InputError("no model fits on any mesh of this cluster (is a model bigger than any node's memory?)")
     record = SolverRecord(method=method, objective=objective, value=0.0, bound=bound, gap=gap, status=status, seconds=seconds,
-                          seed=seed, time_limit_s=time_limit_s, inputs_digest=inputs_digest(workload, cluster, cost_label))
+                          seed=seed, time_limit_s=time_limit_s, inputs_digest=inputs_digest(workload, cluster, cost_label),
+                          headroom=headroom)
     plan = build_plan(cluster, demands, units, record, cost_label, workload.name, temporal=method == "temporal")
     final_value = value if value is not None else plan.served_rps
     return plan.model_copy(update={"solver": record.model_copy(update={"value": final_value})})
 
 
-def solve_and_compare(chosen: str, workload: Workload, cluster: Cluster, cost_model, cost_label: str = "", objective: str = "throughput",
+def _solve_exact_objective(demands, cluster, cost_model, objective, time_limit_s, seed, backend, warm):
+    """(ExactSolution in the objective's units, proven headroom scale or None). ``goodput`` maximises requests served
+    within SLO; once all demand is, the GPUs left raise the headroom (the plan of the largest common scale)."""
+    from planner.exact import solve_exact
+    from planner.headroom import solve_headroom
+
+    start = time.perf_counter()
+    if objective == "headroom":
+        sol = solve_headroom(demands, cluster, cost_model, time_limit_s, seed, backend, warm)
+        return sol, sol.value
+    sol = solve_exact(demands, cluster, cost_model, "throughput" if objective == "goodput" else objective,
+                      time_limit_s / 2 if objective == "goodput" else time_limit_s, seed, backend, warm)
+    total = sum(d.rate_rps for d in demands)
+    if objective != "goodput" or sol.bound < ALL_SERVED * total:
+        return sol, None
+    # all demand may fit: the plan of the largest common scale serves it with the most room, when it serves as much
+    left = time_limit_s - (time.perf_counter() - start)
+    room = solve_headroom(demands, cluster, cost_model, max(1.0, left), seed, backend, list(warm) + list(sol.units))
+    served = [0.0] * len(demands)
+    for u in room.units:
+        for i, _, r in u.members:
+            served[i] += r
+    goodput = sum(served)
+    if goodput < sol.value * (1 - 1e-9):
+        return sol, None
+    gap = max(0.0, (sol.bound - goodput) / sol.bound) if sol.bound > 0 else 0.0
+    status = "optimal" if gap <= 1e-6 else f"within {gap:.2%} of the bound"
+    return ExactSolution(room.units, goodput, sol.bound, gap, f"{status}; headroom x{room.value:.3f} (bound x{room.bound:.3f}, "
+                         f"{room.status})", sol.seconds + room.seconds, room.num_columns), room.value
+
+
+def solve_and_compare(chosen: str, workload: Workload, cluster: Cluster, cost_model, cost_label: str = "", objective: str = "goodput",
                       time_limit_s: float = 30.0, seed: int = 0, backend: str = "highs", compare: bool = True) -> Plan:
     """The chosen solver's plan, with a 'considered' table of every solver judged by the same estimator."""
     from planner.greedy import place_greedy
@@ -61,7 +96,7 @@ def solve_and_compare(chosen: str, workload: Workload, cluster: Cluster, cost_mo
     greedy_units = place_greedy(demands, cluster, cost_model, time_limit_s / 3) if chosen in ("exact", "greedy") or compare else None
     greedy_s = time.perf_counter() - start
     methods = SOLVERS if compare else (chosen,)
-    plans = {m: run_solver(m, workload, cluster, cost_model, cost_label, objective if m == "exact" else "throughput",
+    plans = {m: run_solver(m, workload, cluster, cost_model, cost_label, objective if m == "exact" else "goodput",
                            time_limit_s, seed, backend, greedy_units, greedy_s if m == "exact" and greedy_units is not None else 0.0)
              for m in methods}
     if "greedy" in plans:  # its units were computed once above and shared as the exact warm start

@@ -48,3 +48,11 @@ def fits(models: list[ModelSpec], gpu: GpuSpec, tp: int, min_kv_tokens: int = 20
     """True when weights and reserves fit with room for at least ``min_kv_tokens`` tokens of KV per model."""
     need = sum(kv_bytes_per_token_per_gpu(m, tp) * min_kv_tokens for m in models)
     return kv_capacity_bytes(models, gpu, tp) >= need
+
+
+def isolated_tp(spec: ModelSpec, gpu: GpuSpec) -> int:
+    """The smallest power-of-two mesh a model's weights fit: where its isolated (SLO yardstick) latency is measured."""
+    tp = 1
+    while tp < 64 and not fits([spec], gpu, tp):
+        tp *= 2
+    return tp

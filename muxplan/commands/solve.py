@@ -12,7 +12,7 @@ def solve(
     workload: Annotated[Path, typer.Option(help="Workload file or request trace.")],
     cluster: Annotated[str, typer.Option(help="Cluster file or shorthand like 4x8xA100-80GB.")],
     solver: Annotated[str, typer.Option(help="exact, greedy, spatial or temporal.")] = "exact",
-    objective: Annotated[str, typer.Option(help="throughput, weighted, fairness or min-gpus.")] = "throughput",
+    objective: Annotated[str, typer.Option(help="goodput (req/s within SLO, then headroom), headroom, min-gpus, throughput, weighted or fairness.")] = "goodput",
     profile: Annotated[Optional[Path], typer.Option(help="Measured profile file or directory (else the analytic model).")] = None,
     params: Annotated[Optional[Path], typer.Option(help="Fitted roofline parameters (JSON).")] = None,
     time_limit: Annotated[float, typer.Option(help="Seconds the exact solver may spend.")] = 30.0,

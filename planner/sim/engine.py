@@ -18,7 +18,7 @@ import numpy as np
 
 from muxplan.schema import Plan, Workload
 from planner.sim.isolated import isolated_latency
-from planner.sim.layout import build_layout, route_requests
+from planner.sim.layout import SHED, build_layout, route_requests
 from planner.sim.policy import Policy, get_policy
 from planner.sim.trace import RequestTable, build_request_table
 from planner.sim.unit import DECODE_DONE, PREFILL_DONE, Book, UnitState
@@ -60,7 +60,7 @@ def run_table(plan: Plan, workload: Workload, table: RequestTable, cost: CostMod
     pol = get_policy(policy) if isinstance(policy, str) else policy
     layout = build_layout(plan, workload, cost)
     pol.check(layout)
-    unit_of, slot_of = route_requests(layout, table, seed)
+    unit_of, slot_of = route_requests(layout, table, seed, rate_scale)
     book = Book(table.arrival_s.tolist(), table.prompt_tokens.tolist(), table.output_tokens.tolist())
     heap: list = []
     counter = itertools.count()
@@ -114,7 +114,7 @@ def run_table(plan: Plan, workload: Workload, table: RequestTable, cost: CostMod
                 break
             pos = unit_list[req]
             if pos < 0:
-                book.drop(req, "model not placed in the plan")
+                book.drop(req, "shed: above the rate the plan admits" if pos == SHED else "model not placed in the plan")
                 continue
             unit = units[pos]
             unit.slots[slot_list[req]].queue.append(req)
@@ -129,7 +129,7 @@ def run_table(plan: Plan, workload: Workload, table: RequestTable, cost: CostMod
     records = {
         "request": np.arange(n),
         "model": table.model,
-        "unit": np.array([layout.units[u].id if u >= 0 else -1 for u in unit_list], dtype=np.int64),
+        "unit": np.array([layout.units[u].id if u >= 0 else u for u in unit_list], dtype=np.int64),
         "arrival_s": table.arrival_s,
         "prompt_tokens": table.prompt_tokens,
         "output_tokens": table.output_tokens,

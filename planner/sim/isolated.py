@@ -14,17 +14,10 @@ from muxplan.schema import Plan, Workload
 from planner.sim.layout import Layout
 from planner.sim.trace import RequestTable
 from profiler.cost_model import CostModel
-from profiler.memory import fits
+from profiler.memory import isolated_tp
 
 MAX_DISTINCT = 1024
 GRID_POINTS = 256
-
-
-def isolated_tp(spec, gpu) -> int:
-    tp = 1
-    while tp < 64 and not fits([spec], gpu, tp):
-        tp *= 2
-    return tp
 
 
 def _evaluate(fn, values: np.ndarray) -> np.ndarray:

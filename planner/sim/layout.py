@@ -111,19 +111,31 @@ def build_layout(plan: Plan, workload: Workload, cost: CostModel, block_tokens: 
     return Layout(units=tuple(units), replicas=replicas)
 
 
-def route_requests(layout: Layout, table: RequestTable, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(unit position, slot index) per request; -1 where no unit hosts the model. Shares are renormalised."""
+SHED = -2  # route_requests: the request is above the rate the plan admits for its model
+
+
+def route_requests(layout: Layout, table: RequestTable, seed: int, rate_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(unit position, slot index) per request; -1 where no unit hosts the model, SHED where admission rejects it.
+
+    A plan whose routing shares of a model sum to S < 1 admits S x its demand (the rest is shed at the door, as
+    the router's admission does): at rate scale x a request is admitted with probability min(1, S / min(1, x)) (all
+    of a lighter load, the plan's share S of a heavier one), then sent to a replica in proportion to its share
+    (seeded draws, so runs repeat)."""
     unit = np.full(table.num_requests, -1, dtype=np.int64)
     slot = np.full(table.num_requests, -1, dtype=np.int64)
     rng = np.random.default_rng(seed)
     for model_idx in sorted(layout.replicas):
         where = np.flatnonzero(table.model == model_idx)
         places = layout.replicas[model_idx]
+        shares = np.array([p[2] for p in places], dtype=np.float64)
+        admitted = min(1.0, float(shares.sum()) / min(1.0, rate_scale))
         if len(places) == 1:
             pick = np.zeros(where.size, dtype=np.int64)
         else:
-            shares = np.array([p[2] for p in places], dtype=np.float64)
             pick = rng.choice(len(places), size=where.size, p=shares / shares.sum())
         unit[where] = np.array([p[0] for p in places])[pick]
         slot[where] = np.array([p[1] for p in places])[pick]
+        if admitted < 1.0 - 1e-6:
+            shed = where[rng.random(where.size) >= admitted]
+            unit[shed] = SHED
     return unit, slot

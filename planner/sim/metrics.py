@@ -14,6 +14,8 @@ from muxplan.schema import Workload
 from planner.sim.engine import SimResult
 
 PERCENTILES = (50, 90, 99)
+UNFINISHED = "unfinished at the horizon"
+SHED = "shed: above the rate the plan admits"
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class Stats:
     num_requests: int
     num_finished: int
     num_dropped: int
+    num_unfinished: int
+    num_shed: int
     num_preemptions: int
     throughput_rps: float
     ttft_ms: tuple[float, float, float]
@@ -97,18 +101,23 @@ def _stats(name: str, sel: np.ndarray, result: SimResult, met: np.ndarray, span_
     n = int(sel.sum())
     return Stats(
         name=name, num_requests=n, num_finished=int(finished.sum()), num_dropped=int((sel & (r["dropped"] != "")).sum()),
+        num_unfinished=int((sel & (r["dropped"] == UNFINISHED)).sum()), num_shed=int((sel & (r["dropped"] == SHED)).sum()),
         num_preemptions=int(r["preemptions"][sel].sum()), throughput_rps=float(finished.sum() / span_s) if span_s > 0 else 0.0,
         ttft_ms=_pcts(ttft[finished]), tpot_ms=_pcts(tpot[multi]), slo_attainment=float(met[sel].sum() / n) if n else 1.0,
     )
 
 
 def summarize(result: SimResult, workload: Workload, slo_scale: float | None = None) -> Summary:
-    """Per-model and overall statistics; throughput counts finished requests over first arrival .. last finish."""
+    """Per-model and overall statistics; throughput is requests served per second of the arrival window (first to
+    last arrival; first arrival to last finish for a single burst), so a backlog drained after the window does not
+    dilute it."""
     r = result.records
     k = slo_scale if slo_scale is not None else workload.models[0].slo.scale
     met = slo_met(result, workload, k)
     finished = np.isfinite(r["finish_s"])
-    span = float(np.max(r["finish_s"][finished]) - np.min(r["arrival_s"])) if finished.any() else 0.0
+    span = float(np.max(r["arrival_s"]) - np.min(r["arrival_s"])) if r["arrival_s"].size > 1 else 0.0
+    if span <= 0 and finished.any():  # one burst: no arrival window, so first arrival .. last finish
+        span = float(np.max(r["finish_s"][finished]) - np.min(r["arrival_s"]))
     everyone = np.ones(r["request"].size, dtype=bool)
     models = tuple(_stats(name, r["model"] == m, result, met, span) for m, name in enumerate(result.model_names))
     reasons, counts = np.unique(r["dropped"][r["dropped"] != ""].astype(str), return_counts=True)
