@@ -1,11 +1,14 @@
 """Run a plan: start the serving processes under a supervisor and serve the router until stopped."""
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
+from typing import Callable
 
 from executor.admission import Admission
-from executor.launcher import ENGINE_MAX_QUEUE, ProcessSpec
+from executor.identity import TOKEN_ENV, new_token
+from executor.launcher import ENGINE_MAX_QUEUE, ProcessSpec, check_ports_free
 from executor.router import Replica, RouterState, create_app
 from executor.supervisor import Supervisor
 from muxplan.files import InputError
@@ -47,32 +50,40 @@ def _raise_interrupt(signum, frame):
 
 
 def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port: int, api_key: str | None,
-          ray_address: str | None = None, backend: str = "vllm") -> None:
+          ray_address: str | None = None, backend: str = "vllm", progress: Callable[[str], None] = lambda line: None) -> None:
     """Blocks until SIGINT/SIGTERM; every child process is stopped on the way out.
 
     Locally a Supervisor runs the processes; with ``ray_address`` ("local" or a cluster address) each unit
     runs in a Ray actor placed on its node (executor.ray_host) and the router here reaches it over the network.
+    One token per deployment goes to every backend and, through this process's environment, to the router
+    (which runs here): ``MUXPLAN_BACKEND_TOKEN``.
     """
     import uvicorn
 
     signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up children on `kill`, not only on Ctrl-C
     state_dir.mkdir(parents=True, exist_ok=True)
+    token = os.environ[TOKEN_ENV] = new_token()
     if ray_address:
         from executor.ray_host import RayDeployment
 
-        supervisor = RayDeployment(procs, state_dir, ray_address, plan.cluster.num_gpus)
+        supervisor = RayDeployment(procs, state_dir, ray_address, plan.cluster.num_gpus, token=token, progress=progress)
         state = router_state(plan, procs, api_key, supervisor.addresses, backend)
         supervisor.on_health = state.set_health
     else:
+        check_ports_free(procs, host, port)
         state = router_state(plan, procs, api_key, backend=backend)
-        supervisor = Supervisor(procs, state_dir, on_health=state.set_health)
+        supervisor = Supervisor(procs, state_dir, on_health=state.set_health, token=token, progress=progress)
     try:
         try:
+            progress(f"starting {len(procs)} serving process{'es' if len(procs) != 1 else ''} (logs in {state_dir / 'logs'})")
             supervisor.start()
         except RuntimeError as exc:
             raise InputError(str(exc)) from None
+        models = sorted({m for p in procs for m in p.models})
+        progress(f"serving {', '.join(models)} at http://{host}:{port}/v1 (OpenAI-compatible; Ctrl-C stops)")
         uvicorn.run(create_app(state), host=host, port=port, log_level="warning")
     except KeyboardInterrupt:
         pass
     finally:
+        progress("stopping")
         supervisor.stop()

@@ -17,9 +17,9 @@ def processes_table(procs: list) -> Table:
 
 def status_table(rows: list[dict]) -> Table:
     table = Table(title="Deployment")
-    for col in ("process", "models", "unit", "pid", "port", "health", "restarts"):
+    for col in ("process", "models", "unit", "pid", "port", "health", "restarts", "problem"):
         table.add_column(col, justify="right" if col in ("unit", "pid", "port", "restarts") else "left")
     for r in rows:
         table.add_row(r["name"], ",".join(r["models"]), str(r["unit"]), str(r["pid"]), str(r["port"]),
-                      "healthy" if r["healthy"] else "down", str(r["restarts"]))
+                      "healthy" if r["healthy"] else "down", str(r["restarts"]), r.get("problem", ""))
     return table

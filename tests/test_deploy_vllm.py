@@ -12,7 +12,9 @@ import pytest
 from muxplan.cluster import parse_cluster_shorthand
 from muxplan.files import save_contract
 from muxplan.schema import PlacedModel, Plan, SolverRecord, Unit
-from tests.helpers import ROOT, alive, free_port, get, run_cli
+import psutil
+
+from tests.helpers import ROOT, alive, free_port, get, needs_router_token, run_cli
 
 pytestmark = pytest.mark.slow
 openai = pytest.importorskip("openai")
@@ -23,6 +25,7 @@ pytest.importorskip("vllm")
 def deployment(request, tmp_path_factory):
     from executor.tiny_models import build_tiny_model
 
+    needs_router_token()
     tmp = tmp_path_factory.mktemp("deploy")
     paths = {"tiny-llama": build_tiny_model(tmp / "tiny-llama", "llama", 0), "tiny-qwen": build_tiny_model(tmp / "tiny-qwen", "qwen2", 1)}
     units = [Unit(id=k, node=0, gpu="A100-80GB", gpu_ids=[k], predicted_rps=1.0, models=[PlacedModel(
@@ -71,10 +74,26 @@ def test_openai_client_completions_chat_streaming(deployment):
     assert "muxplan_router_requests" in urllib.request.urlopen(f"http://127.0.0.1:{deployment['port']}/metrics").read().decode()
 
 
+def tree(pid: int) -> list:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def survivors(procs: list, within_s: float) -> list:
+    deadline = time.monotonic() + within_s
+    while (left := [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
 def test_killed_backend_gives_503_for_its_model_only_and_comes_back(deployment):
     c = client(deployment)
     victim = state_rows(deployment)["unit0-tiny-llama"]
-    os.killpg(victim["pid"], signal.SIGKILL)
+    assert get(f"http://127.0.0.1:{victim['port']}/v1/models") == 401  # a client bypassing the router needs the token
+    old = tree(victim["pid"])  # the guard, the API server and whatever it started
+    api_server = psutil.Process(victim["pid"]).children()[0]
+    os.kill(api_server.pid, signal.SIGKILL)  # the API server only, not its group
+    assert survivors(old, 15) == []
     time.sleep(1)
     with pytest.raises(openai.APIStatusError) as err:
         c.completions.create(model="tiny-llama", prompt="Hi", max_tokens=1)
@@ -93,11 +112,45 @@ def test_killed_backend_gives_503_for_its_model_only_and_comes_back(deployment):
 def test_sigint_leaves_no_process_behind(deployment):
     pids = [r["pid"] for r in state_rows(deployment).values()]
     assert all(alive(p) for p in pids)
+    everything = [p for pid in pids for p in tree(pid)]
     deployment["proc"].send_signal(signal.SIGINT)
     assert deployment["proc"].wait(timeout=90) in (0, 130)
-    time.sleep(1)
-    assert [p for p in pids if alive(p)] == []
+    assert survivors(everything, 5) == []
     assert not (deployment["state"] / "deployment.json").exists()
     if deployment["mode"] == "ray":  # the local Ray instance is gone too
         leftover = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout.split()
         assert leftover == []
+
+
+def test_supervised_vllm_killed_leaves_no_child_and_proves_identity(tmp_path):
+    """Without the router: the supervisor's identity check on vLLM (/v1/models with the token), kill -9 of the API
+    server reaps its whole tree, stop leaves nothing."""
+    from executor.identity import check_backend
+    from executor.launcher import build_processes
+    from executor.supervisor import Supervisor
+    from executor.tiny_models import build_tiny_model
+
+    path = build_tiny_model(tmp_path / "tiny-llama", "llama", 0)
+    plan = Plan(cluster=parse_cluster_shorthand("1x1xA100-80GB"), solver=SolverRecord(method="spatial", objective="throughput", value=1),
+                units=[Unit(id=0, node=0, gpu="A100-80GB", gpu_ids=[0], predicted_rps=1.0, models=[PlacedModel(
+                    name="tiny-llama", model=str(path), tp=1, prefill_sm_pct=100, decode_sm_pct=100, kv_bytes=64 * 2**20, max_num_seqs=8,
+                    routing_share=1.0, rate_rps=1.0, predicted_rps=1.0)])], demand_rps=1, served_rps=1, num_gpus_used=1)
+    procs = build_processes(plan, "vllm", tmp_path / "plan.json", tmp_path / "state", base_port=free_port())
+    sup = Supervisor(procs, tmp_path / "state", poll_s=0.5)
+    sup.start()
+    try:
+        port = procs[0].port
+        assert check_backend("127.0.0.1", port, ("tiny-llama",), sup.token) is None
+        assert "401" in check_backend("127.0.0.1", port, ("tiny-llama",), "another-deployment")
+        guard = sup.running[0].proc.pid
+        old = tree(guard)
+        os.kill(psutil.Process(guard).children()[0].pid, signal.SIGKILL)
+        assert survivors(old, 15) == []
+        deadline = time.monotonic() + 300
+        while not (sup.running[0].restarts and sup.running[0].healthy):
+            assert time.monotonic() < deadline, sup.state_rows()
+            time.sleep(1)
+        everything = tree(sup.running[0].proc.pid)
+    finally:
+        sup.stop()
+    assert survivors(everything, 5) == []

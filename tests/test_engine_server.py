@@ -12,11 +12,15 @@ import pytest
 
 from muxplan.files import save_contract
 from tests.engine_fixtures import colocated_plan
-from tests.helpers import ROOT, alive, free_port, get
+from tests.helpers import ROOT, alive, free_port, get, needs_router_token
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("torch")
 pytest.importorskip("fastapi")
+
+
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _wait_healthy(proc, port: int, seconds: float = 120) -> None:
@@ -33,15 +37,16 @@ def server(tiny_models, tmp_path_factory):
     save_contract(tmp / "plan.json", colocated_plan({"tiny-llama": tiny_models["llama"], "tiny-qwen": tiny_models["qwen"]}))
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "executor.engine.server", "--plan", str(tmp / "plan.json"), "--unit", "0",
-                             "--port", str(port), "--max-queue", "4"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--port", str(port), "--max-queue", "4"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "MUXPLAN_BACKEND_TOKEN": TOKEN})
     _wait_healthy(proc, port)
     yield {"port": port, "proc": proc}
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
 
 
-def client(port: int):
-    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+def client(port: int, key: str = TOKEN):
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=60)
 
 
 def test_two_models_at_once_completions_chat_and_streaming(server):
@@ -86,7 +91,7 @@ def test_bad_requests_get_400_unknown_model_404(server):
         c.completions.create(model="tiny-llama", prompt=[1, 2, 10**6])
     with pytest.raises(openai.BadRequestError, match="messages: List should have at least 1 item"):
         c.chat.completions.create(model="tiny-llama", messages=[])
-    req = urllib.request.Request(f"http://127.0.0.1:{server['port']}/v1/completions", data=b"{nope", headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(f"http://127.0.0.1:{server['port']}/v1/completions", data=b"{nope", headers={"Content-Type": "application/json", **AUTH})
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req)
     assert err.value.code == 400 and json.loads(err.value.read())["error"]["message"] == "(body): not valid JSON"
@@ -105,7 +110,7 @@ def test_full_queue_gets_429_with_retry_after_and_accepted_requests_finish(serve
             c.completions.create(model="tiny-llama", prompt="Hi", max_tokens=1)
         assert err.value.response.headers["retry-after"] == "1"
         assert [f.result().usage.completion_tokens for f in running] == [400] * 4
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{server['port']}/metrics").read().decode()
+    metrics = urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{server['port']}/metrics", headers=AUTH)).read().decode()
     assert 'muxplan_engine_requests_total{finish_reason="rejected",model="tiny-llama"} 1.0' in metrics
     assert 'muxplan_engine_sm_mechanism{mechanism="serial"} 1.0' in metrics
     assert 'muxplan_engine_kv_blocks_used{model="tiny-qwen"} 0.0' in metrics
@@ -113,6 +118,7 @@ def test_full_queue_gets_429_with_retry_after_and_accepted_requests_finish(serve
 
 
 def test_deploy_engine_backend_behind_the_router(tiny_models, tmp_path):
+    needs_router_token()
     save_contract(tmp_path / "plan.json", colocated_plan({"tiny-llama": tiny_models["llama"], "tiny-qwen": tiny_models["qwen"]}))
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "muxplan", "deploy", str(tmp_path / "plan.json"), "--backend", "engine", "--port", str(port),

@@ -27,10 +27,12 @@ STAND_IN = textwrap.dedent("""\
     read cmd
     if [ "$cmd" = quit ]; then kill "$(cat "$CUDA_MPS_PIPE_DIRECTORY/daemon.pid")"; rm -f "$CUDA_MPS_PIPE_DIRECTORY/control"; fi
 """)
-HEALTH_SERVER = ("import http.server,sys,os\n"
+HEALTH_SERVER = ("import hashlib,http.server,json,sys,os\n"  # a stand-in backend: proves its identity on /health, tells its SM share on /sm
                  "class H(http.server.BaseHTTPRequestHandler):\n"
                  "    def do_GET(self):\n"
-                 "        self.send_response(200); self.end_headers(); self.wfile.write(os.environ['CUDA_MPS_ACTIVE_THREAD_PERCENTAGE'].encode())\n"
+                 "        tok = hashlib.sha256(os.environ['MUXPLAN_BACKEND_TOKEN'].encode()).hexdigest()[:8]\n"
+                 "        body = json.dumps({'models': ['m'], 'token_sha256_8': tok}) if self.path == '/health' else os.environ['CUDA_MPS_ACTIVE_THREAD_PERCENTAGE']\n"
+                 "        self.send_response(200); self.end_headers(); self.wfile.write(body.encode())\n"
                  "    def log_message(self, *a): pass\n"
                  "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n")
 
@@ -73,7 +75,7 @@ def test_supervisor_starts_the_daemon_first_and_stops_it_last(stand_in):
         assert (state / "mps" / "node0" / "log" / "devices").read_text().strip() == "GPU-a,GPU-b"
         import urllib.request
 
-        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health").read() == b"40"  # the client's active-thread share
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/sm").read() == b"40"  # the client's active-thread share
     finally:
         sup.stop()
     assert not (pipe / "control").exists() and not alive(daemon_pid)

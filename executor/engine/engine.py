@@ -53,6 +53,10 @@ def served_models(plan: Plan, unit_id: int) -> list[ServedModel]:
 Listener = Callable[[Sequence, str, bool], None]  # (sequence, new text, finished)
 
 
+class EngineDead(RuntimeError):
+    """The engine loop has failed; no request can be served until the process is restarted."""
+
+
 class Engine:
     def __init__(self, models: list[ServedModel], policy: str = "adbs", device: str = "cpu", dtype: torch.dtype | None = None,
                  seed: int = 0, block_elems: int | None = None, cpu_threads: int | None = 1):
@@ -95,6 +99,9 @@ class Engine:
         self._listeners: dict[int, Listener] = {}
         self._in_flight = 0
         self._aborted: set[int] = set()
+        self._live: dict[int, Sequence] = {}  # accepted and not finished: told "error" if the loop dies
+        self.failure: str | None = None  # why the loop died; set once, never cleared
+        self.fail_after_jobs: int | None = None  # fault injection (server --fail-after-jobs): the loop raises after this many jobs
         self.t0 = time.monotonic()
         self._next_adapt = self.policy.adapt_period_s
         self.finished: list[Sequence] = []  # for metrics and benchmarks; bounded by the caller draining it
@@ -110,14 +117,36 @@ class Engine:
         by_kv = min(slot.quota_bytes, self.scheduler.pool_bytes) // slot.bb * slot.spec.block_tokens
         return min(self.specs[model].max_position_embeddings, by_kv)
 
-    def add_request(self, model: str, prompt_ids: list[int], params: SamplingParams, listener: Listener | None = None) -> Sequence:
+    def check_request(self, model: str, prompt_ids: list[int], params: SamplingParams) -> None:
+        """InputError for anything the loop cannot serve: bad requests must never reach it."""
         if model not in self.models:
             raise InputError(f"model: '{model}' is not served here ({', '.join(self.models)})")
+        vocab, limit = self.specs[model].vocab_size, self.max_context(model)
+        if not prompt_ids:
+            raise InputError("prompt: empty (no tokens)")
+        if len(prompt_ids) + 1 > limit:
+            raise InputError(f"prompt: {len(prompt_ids)} tokens leave no room for output within this model's {limit}-token context")
+        if any(type(t) is not int or not 0 <= t < vocab for t in prompt_ids):
+            raise InputError(f"prompt: token ids must be in 0..{vocab - 1}")
+        p = params
+        if type(p.max_tokens) is not int or p.max_tokens < 1:
+            raise InputError("max_tokens: must be at least 1")
+        if not (math.isfinite(p.temperature) and 0.0 <= p.temperature) or not (math.isfinite(p.top_p) and 0.0 < p.top_p <= 1.0):
+            raise InputError("temperature/top_p: must be finite, temperature >= 0 and 0 < top_p <= 1")
+        if p.top_k < 0 or (p.seed is not None and not -(2**63) <= p.seed < 2**63):
+            raise InputError("top_k/seed: top_k must be >= 0 and seed a signed 64-bit integer")
+
+    def add_request(self, model: str, prompt_ids: list[int], params: SamplingParams, listener: Listener | None = None) -> Sequence:
+        """Queue a request (EngineDead once the loop has failed, InputError for a request it cannot serve)."""
+        if self.failure is not None:
+            raise EngineDead(self.failure)
+        self.check_request(model, prompt_ids, params)
         gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else torch.Generator().manual_seed(self.seed + next(self._ids))
         seq = Sequence(next(self._ids), model, list(prompt_ids), params, self.now(), generator=gen)
         with self._wake:
             if listener is not None:
                 self._listeners[seq.id] = listener
+            self._live[seq.id] = seq
             self._inbox.append(("add", seq))
             self._in_flight += 1
             self._wake.notify()
@@ -155,6 +184,8 @@ class Engine:
         for job, tokens, end in done:
             self.scheduler.finish(job, tokens, end - self.t0, self._accept)
             self.num_steps[job.kind] += 1
+        if self.fail_after_jobs is not None and sum(self.num_steps.values()) >= self.fail_after_jobs:
+            raise RuntimeError(f"injected fault after {self.fail_after_jobs} jobs")
         return len(done)
 
     def _run_job(self, job: Job) -> list[int]:
@@ -170,14 +201,34 @@ class Engine:
             self.step(timeout_s=0.05)
 
     def serve(self, stop: threading.Event) -> None:
-        """Run the loop until ``stop`` is set, sleeping while there is nothing to do."""
-        while not stop.is_set():
-            with self._wake:
-                if not self._inbox and self.scheduler.num_unfinished() == 0:
-                    wait = None if self._next_adapt is None else max(0.0, self._next_adapt - self.now())
-                    self._wake.wait(timeout=min(wait, 1.0) if wait is not None else 1.0)
-            self.step(timeout_s=0.05)
-        self.jobs.close()
+        """Run the loop until ``stop`` is set, sleeping while there is nothing to do. If a step raises, the
+        engine is dead: ``failure`` says why, every accepted request ends with reason "error", and the
+        exception propagates (the server then fails /health and exits so its supervisor restarts it)."""
+        try:
+            while not stop.is_set():
+                with self._wake:
+                    if not self._inbox and self.scheduler.num_unfinished() == 0:
+                        wait = None if self._next_adapt is None else max(0.0, self._next_adapt - self.now())
+                        self._wake.wait(timeout=min(wait, 1.0) if wait is not None else 1.0)
+                self.step(timeout_s=0.05)
+        except BaseException as exc:
+            self.fail(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self.jobs.close()
+
+    def fail(self, why: str) -> None:
+        """Mark the engine dead and end every accepted request with finish reason "error"."""
+        with self._wake:
+            self.failure = self.failure or why
+            live, self._live = list(self._live.values()), {}
+            listeners, self._listeners = self._listeners, {}
+            self._in_flight = 0
+        for seq in live:
+            seq.finish_reason = seq.finish_reason or "error"
+            listener = listeners.get(seq.id)
+            if listener is not None:
+                listener(seq, "", True)
 
     def wake(self) -> None:
         with self._wake:
@@ -230,6 +281,8 @@ class Engine:
         seq.finish_s = self.now()
         self.finished.append(seq)
         with self._wake:
+            if self._live.pop(seq.id, None) is None:
+                return  # already ended by fail()
             self._in_flight -= 1
             listener = self._listeners.pop(seq.id, None)
         if listener is not None:

@@ -2,194 +2,236 @@
 
 ``python -m executor.engine.server --plan P --unit ID --host H --port P --device cpu|cuda [--policy adbs]``
 serves every model of the plan's unit: ``/v1/completions``, ``/v1/chat/completions`` (the tokenizer's
-chat template; SSE streaming), ``/v1/models``, ``/health`` and Prometheus ``/metrics``. Bad requests get
-400 with a message, an unknown model 404 listing the served ones, a full queue 429 with Retry-After; an
-accepted request always finishes (a client that goes away aborts its own request only).
+chat template; SSE streaming; the request formats of executor.engine.protocol), ``/v1/models``, ``/health``
+and Prometheus ``/metrics``. Bad requests get 400 naming the field, an unknown model 404 listing the served
+ones, a full queue 429 with Retry-After. An accepted request always ends: with its answer, or (the engine
+loop died) 503, or mid-stream an SSE error event and no ``[DONE]``.
+
+JSON parsing, validation and tokenisation run on a worker thread so a huge prompt never stalls the event
+loop (and /health). With ``MUXPLAN_BACKEND_TOKEN`` set every route but /health needs
+``Authorization: Bearer <token>``; /health names the served models and the token's digest (identity).
 """
 import argparse
 import asyncio
 import json
+import os
 import threading
 import time
 import uuid
-from typing import Literal
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from executor.engine.engine import Engine
-from executor.engine.sampler import SamplingParams
-from executor.engine.sequence import Sequence
+from executor.engine.engine import Engine, EngineDead
+from executor.engine.protocol import ChatRequest, CompletionRequest, unsupported, validation_message
 from executor.engine.telemetry import Telemetry
+from executor.identity import TOKEN_ENV, TokenGuard, token_digest
 from muxplan.files import InputError
 
-
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    n: int = Field(default=1, ge=1, le=1)
-    ignore_eos: bool = False
-
-    def params(self, default_max: int) -> SamplingParams:
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return SamplingParams(max_tokens=self.max_completion_tokens or self.max_tokens or default_max, temperature=self.temperature,
-                              top_p=self.top_p, top_k=self.top_k, seed=self.seed, stop=tuple(s for s in stop if s), ignore_eos=self.ignore_eos)
+BYTES_BOUND_FACTOR = 4  # a text longer than this x longest token x context cannot fit: refused without tokenising
 
 
-class CompletionRequest(_Sampling):
-    prompt: str | list[int] | list[str]
+class Reject(Exception):
+    def __init__(self, status: int, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.message, self.retry_after = status, message, retry_after
 
 
-class Message(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class ChatRequest(_Sampling):
-    messages: list[Message] = Field(min_length=1)
-
-
-def _error(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
+def error(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
     headers = {"Retry-After": str(retry_after)} if retry_after else None
-    kind = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error"}.get(status, "server_error")
+    kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}.get(status, "server_error")
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status, headers=headers)
 
 
-def _validation_message(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(body)"
-    return f"{where}: {err['msg']}"
+class Prompts:
+    """Request body -> validated request and token ids per prompt (runs on a worker thread)."""
 
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.longest_token_bytes = {name: max((len(t.encode()) for t in tok.get_vocab()), default=1) if tok is not None else 1
+                                    for name, tok in engine.tokenizers.items()}
 
-def create_app(engine: Engine, max_queue: int = 1024, default_max_tokens: int = 16) -> FastAPI:
-    """``default_max_tokens`` applies to completions (OpenAI's default); chat defaults to the rest of the context."""
-    app = FastAPI(title="muxplan engine")
-    telemetry = Telemetry(engine)
-
-    async def _parse(request: Request, kind):
-        """The validated body for a served model, or the error response (400 bad body, 404 unknown model)."""
+    def parse(self, raw: bytes, chat: bool):
         try:
-            body = kind.model_validate(await request.json())
-        except json.JSONDecodeError:
-            return None, _error(400, "(body): not valid JSON")
+            data = json.loads(raw)
+        except (ValueError, RecursionError):  # ValueError covers bad UTF-8 and bad JSON
+            raise Reject(400, "(body): not valid JSON") from None
+        if not isinstance(data, dict):
+            raise Reject(400, "(body): must be a JSON object")
+        if (why := unsupported(data)) is not None:
+            raise Reject(400, why)
+        try:
+            body = (ChatRequest if chat else CompletionRequest).model_validate(data)
         except ValidationError as exc:
-            return None, _error(400, _validation_message(exc))
-        if body.model not in engine.models:
-            return None, _error(404, f"model '{body.model}' is not served here; served models: {', '.join(engine.models)}")
-        return body, None
+            raise Reject(400, validation_message(exc)) from None
+        except RecursionError:
+            raise Reject(400, "(body): nested too deeply") from None
+        if body.model not in self.engine.models:
+            raise Reject(404, f"model '{body.model}' is not served here; served models: {', '.join(self.engine.models)}")
+        try:
+            return body, (self._chat_ids(body) if chat else [self._ids(body.model, p) for p in body.prompts()])
+        except InputError as exc:
+            raise Reject(400, str(exc)) from None
 
-    def _prompt_ids(model: str, prompt) -> list[int]:
-        tok = engine.tokenizers[model]
-        if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-            if len(prompt) != 1:
-                raise InputError("prompt: one prompt per request")
-            prompt = prompt[0]
+    def _fits(self, model: str, text_bytes: int, field: str) -> None:
+        limit = self.engine.max_context(model)
+        if text_bytes > BYTES_BOUND_FACTOR * self.longest_token_bytes[model] * limit:
+            raise InputError(f"{field}: {text_bytes} bytes of text cannot fit this model's {limit}-token context")
+
+    def _room(self, model: str, ids: list[int], field: str) -> list[int]:
+        limit = self.engine.max_context(model)
+        if len(ids) + 1 > limit:
+            raise InputError(f"{field}: {len(ids)} tokens leave no room for output within this model's {limit}-token context")
+        return ids
+
+    def _ids(self, model: str, prompt) -> list[int]:
+        tok = self.engine.tokenizers[model]
         if isinstance(prompt, str):
             if tok is None:
                 raise InputError(f"prompt: model '{model}' has no tokenizer; send token ids")
-            return tok(prompt)["input_ids"]
-        if not prompt:
-            raise InputError("prompt: empty")
-        vocab = engine.specs[model].vocab_size
+            self._fits(model, len(prompt.encode()), "prompt")
+            ids = tok(prompt)["input_ids"]
+            if not ids:
+                raise InputError("prompt: the text gives no tokens")
+            return self._room(model, list(ids), "prompt")
+        self._room(model, prompt, "prompt")  # before scanning a possibly huge list
+        vocab = self.engine.specs[model].vocab_size
         if any(not 0 <= t < vocab for t in prompt):
             raise InputError(f"prompt: token ids must be in 0..{vocab - 1}")
         return list(prompt)
 
-    async def _submit(body: _Sampling, prompt_ids: list[int], chat: bool):
-        model = body.model
+    def _chat_ids(self, body: ChatRequest) -> list[list[int]]:
+        tok = self.engine.tokenizers[body.model]
+        if tok is None or not getattr(tok, "chat_template", None):
+            raise InputError(f"messages: model '{body.model}' has no chat template; use /v1/completions")
+        messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in body.messages]
+        self._fits(body.model, sum(len(m["content"].encode()) for m in messages), "messages")
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return [self._room(body.model, list(ids), "messages")]
+
+
+def create_app(engine: Engine, max_queue: int = 1024, default_max_tokens: int = 16, token: str | None = None,
+               workers: int = 2):
+    """``default_max_tokens`` applies to completions (OpenAI's default); chat defaults to the rest of the context."""
+    app = FastAPI(title="muxplan engine")
+    telemetry = Telemetry(engine)
+    prompts = Prompts(engine)
+    cpu = ThreadPoolExecutor(workers, thread_name_prefix="parse")
+
+    async def handle(request: Request, chat: bool):
+        loop = asyncio.get_running_loop()
+        try:
+            raw = await request.body()
+            body, ids = await loop.run_in_executor(cpu, prompts.parse, raw, chat)
+            return await submit(body, ids, chat)
+        except Reject as r:
+            return error(r.status, r.message, r.retry_after)
+
+    async def submit(body, prompt_ids: list[list[int]], chat: bool):
+        model, n = body.model, body.n or 1
         limit = engine.max_context(model)
-        params = body.params(limit - len(prompt_ids) if chat else default_max_tokens)
-        if len(prompt_ids) + 1 > limit:
-            return _error(400, f"prompt: {len(prompt_ids)} tokens leave no room for output within this model's {limit}-token context")
-        if engine.num_in_flight >= max_queue:
+        if engine.failure is not None:
+            raise Reject(503, f"engine failed: {engine.failure}")
+        if engine.num_in_flight + len(prompt_ids) * n > max_queue:
             telemetry.rejected(model)
-            return _error(429, f"engine busy: {engine.num_in_flight} requests in flight", retry_after=1)
+            raise Reject(429, f"engine busy: {engine.num_in_flight} requests in flight", retry_after=1)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
+        seqs = []
+        try:
+            for p, ids in enumerate(prompt_ids):
+                for i in range(n):
+                    index = p * n + i
 
-        def listener(seq: Sequence, delta: str, finished: bool) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, (delta, finished))
+                    def listener(seq, delta, finished, index=index):
+                        loop.call_soon_threadsafe(events.put_nowait, (index, delta, finished))
 
-        seq = engine.add_request(model, prompt_ids, params, listener)
+                    seqs.append(engine.add_request(model, ids, body.params(limit - len(ids) if chat else default_max_tokens, i), listener))
+        except InputError as exc:
+            for s in seqs:
+                engine.abort(s.id)
+            raise Reject(400, str(exc)) from None
+        except EngineDead as exc:
+            raise Reject(503, f"engine failed: {exc}") from None
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         if body.stream:
-            return StreamingResponse(_stream(seq, events, rid, created, chat), media_type="text/event-stream")
+            return StreamingResponse(stream(seqs, events, rid, created, chat, body.include_usage, n), media_type="text/event-stream")
+        left = len(seqs)
         try:
-            while True:
-                _, finished = await events.get()
-                if finished:
-                    break
+            while left:
+                _, _, finished = await events.get()
+                left -= finished
         except asyncio.CancelledError:
-            engine.abort(seq.id)
+            for s in seqs:
+                engine.abort(s.id)
             raise
-        telemetry.finished(seq)
-        usage = {"prompt_tokens": len(seq.prompt_ids), "completion_tokens": len(seq.output_ids),
-                 "total_tokens": len(seq.prompt_ids) + len(seq.output_ids)}
+        if any(s.finish_reason == "error" for s in seqs):
+            raise Reject(503, f"engine failed: {engine.failure}")
+        for s in seqs:
+            telemetry.finished(s)
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": seq.text}, "finish_reason": seq.finish_reason}
-            return {"id": rid, "object": "chat.completion", "created": created, "model": model, "choices": [choice], "usage": usage}
-        choice = {"index": 0, "text": seq.text, "logprobs": None, "finish_reason": seq.finish_reason}
-        return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": [choice], "usage": usage}
+            choices = [{"index": k, "message": {"role": "assistant", "content": s.text}, "finish_reason": s.finish_reason}
+                       for k, s in enumerate(seqs)]
+            return {"id": rid, "object": "chat.completion", "created": created, "model": model, "choices": choices, "usage": usage(seqs, n)}
+        choices = [{"index": k, "text": s.text, "logprobs": None, "finish_reason": s.finish_reason} for k, s in enumerate(seqs)]
+        return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": choices, "usage": usage(seqs, n)}
 
-    async def _stream(seq: Sequence, events: asyncio.Queue, rid: str, created: int, chat: bool):
+    def usage(seqs, n: int) -> dict:
+        prompt = sum(len(s.prompt_ids) for s in seqs[::n])  # each prompt counts once, whatever n
+        completion = sum(len(s.output_ids) for s in seqs)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    async def stream(seqs, events: asyncio.Queue, rid: str, created: int, chat: bool, include_usage: bool, n: int):
         obj = "chat.completion.chunk" if chat else "text_completion"
+        model = seqs[0].model
 
-        def chunk(text: str | None, reason: str | None, first: bool = False) -> str:
+        def chunk(index: int, text: str | None, reason: str | None, first: bool = False) -> str:
             if chat:
                 delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text is not None else {})
-                choice = {"index": 0, "delta": delta, "finish_reason": reason}
+                choice = {"index": index, "delta": delta, "finish_reason": reason}
             else:
-                choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}
-            return "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": seq.model, "choices": [choice]}) + "\n\n"
+                choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": reason}
+            return "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}) + "\n\n"
 
-        finished = False
+        left = len(seqs)
         try:
             if chat:
-                yield chunk(None, None, first=True)
-            while not finished:
-                delta, finished = await events.get()
+                for k in range(len(seqs)):
+                    yield chunk(k, None, None, first=True)
+            while left:
+                index, delta, finished = await events.get()
                 if delta:
-                    yield chunk(delta, None)
-            telemetry.finished(seq)
-            yield chunk(None if chat else "", seq.finish_reason)
+                    yield chunk(index, delta, None)
+                if finished:
+                    left -= 1
+                    seq = seqs[index]
+                    if seq.finish_reason == "error":  # the engine died: say so, and no [DONE]
+                        err = {"message": f"engine failed: {engine.failure}", "type": "server_error", "code": 503}
+                        yield "data: " + json.dumps({"error": err}) + "\n\n"
+                        return
+                    telemetry.finished(seq)
+                    yield chunk(index, None if chat else "", seq.finish_reason)
+            if include_usage:
+                yield "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": model, "choices": [],
+                                             "usage": usage(seqs, n)}) + "\n\n"
             yield "data: [DONE]\n\n"
         finally:
-            if not finished:
-                engine.abort(seq.id)  # the client went away
+            if left:
+                for s in seqs:
+                    engine.abort(s.id)  # the client went away (aborting a finished one is a no-op)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body, err = await _parse(request, CompletionRequest)
-        if err is not None:
-            return err
-        try:
-            ids = _prompt_ids(body.model, body.prompt)
-        except InputError as exc:
-            return _error(400, str(exc))
-        return await _submit(body, ids, chat=False)
+        return await handle(request, chat=False)
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        body, err = await _parse(request, ChatRequest)
-        if err is not None:
-            return err
-        tok = engine.tokenizers[body.model]
-        if tok is None or not getattr(tok, "chat_template", None):
-            return _error(400, f"messages: model '{body.model}' has no chat template; use /v1/completions")
-        ids = tok.apply_chat_template([m.model_dump() for m in body.messages], add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return await _submit(body, list(ids), chat=True)
+    async def chat_completions(request: Request):
+        return await handle(request, chat=True)
 
     @app.get("/v1/models")
     async def models():
@@ -199,14 +241,17 @@ def create_app(engine: Engine, max_queue: int = 1024, default_max_tokens: int = 
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": list(engine.models), "in_flight": engine.num_in_flight}
+        ident = {"models": list(engine.models), "token_sha256_8": token_digest(token) if token else None}
+        if engine.failure is not None:
+            return JSONResponse({"status": "dead", "error": engine.failure, **ident}, status_code=503)
+        return {"status": "ok", "in_flight": engine.num_in_flight, **ident}
 
     @app.get("/metrics")
     async def metrics():
         body, content_type = telemetry.render()
         return Response(body, media_type=content_type)
 
-    return app
+    return TokenGuard(app, token) if token else app
 
 
 def main() -> None:
@@ -218,6 +263,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--policy", default="adbs")
     ap.add_argument("--max-queue", type=int, default=1024)
+    ap.add_argument("--fail-after-jobs", type=int, default=None, help="fault injection for tests: the engine loop dies after N jobs")
     args = ap.parse_args()
     import sys
 
@@ -232,15 +278,29 @@ def main() -> None:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    engine.fail_after_jobs = args.fail_after_jobs
     stop = threading.Event()
     loop_thread = threading.Thread(target=engine.serve, args=(stop,), daemon=True, name="engine-loop")
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, max_queue=args.max_queue, token=os.environ.get(TOKEN_ENV) or None),
+                                           host=args.host, port=args.port, log_level="warning"))
+
+    def exit_when_loop_dies():
+        loop_thread.join()
+        if not stop.is_set():
+            time.sleep(1.0)  # let open streams send their error events
+            server.should_exit = True
+
     loop_thread.start()
+    threading.Thread(target=exit_when_loop_dies, daemon=True, name="loop-watch").start()
     try:
-        uvicorn.run(create_app(engine, max_queue=args.max_queue), host=args.host, port=args.port, log_level="warning")
+        server.run()
     finally:
         stop.set()
         engine.wake()
         loop_thread.join(timeout=5)
+    if engine.failure is not None:
+        print(f"error: engine loop failed: {engine.failure}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

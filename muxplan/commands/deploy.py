@@ -36,12 +36,12 @@ def deploy(
 
         found = local_gpu_uuids()
         uuids = {(u.node, g): found[g] for u in loaded.units for g in u.gpu_ids if g < len(found)}
-    procs = build_processes(loaded, backend, plan, state_dir, host, port + 1, on_gpu, uuids)
+    procs = build_processes(loaded, backend, plan, state_dir, base_port=port + 1, on_gpu=on_gpu, uuids=uuids)  # backends on loopback
     if not dry_run:
         from executor.deployment import check_loadable, serve
 
         check_loadable(loaded, plan, backend)
-        serve(loaded, procs, state_dir, host, port, api_key, ray, backend)
+        serve(loaded, procs, state_dir, host, port, api_key, ray, backend, progress=lambda line: typer.echo(f"muxplan deploy: {line}"))
         return
     from muxplan.render import console
     from executor.render import processes_table
@@ -54,14 +54,26 @@ def deploy(
 def status(
     state_dir: Annotated[Path, typer.Option(help="State directory of the deployment.")] = Path(".muxplan"),
 ) -> None:
-    """Show the processes of a running deployment."""
+    """Show the processes of a running deployment (exit 1 when its supervisor is gone)."""
     import json
 
     from muxplan.render import console
     from executor.render import status_table
-    from executor.supervisor import STATE_FILE
+    from executor.supervisor import STATE_FILE, supervisor_alive
 
     path = state_dir / STATE_FILE
     if not path.is_file():
         raise InputError(f"{path}: no running deployment")
-    console().print(status_table(json.loads(path.read_text())["processes"]))
+    try:
+        state = json.loads(path.read_text())
+        rows = state["processes"]
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{path}: not a deployment state file") from None
+    if not supervisor_alive(state):
+        for r in rows:
+            r["healthy"], r["problem"] = False, "supervisor dead"
+        console().print(status_table(rows))
+        typer.echo(f"error: the supervisor (pid {state.get('supervisor_pid')}) is not running: the deployment is down "
+                   f"and {path} is stale", err=True)
+        raise typer.Exit(1)
+    console().print(status_table(rows))
