@@ -29,10 +29,11 @@ demo: $(VENV)/.base
 	mkdir -p $(OUT)
 	$(BIN)/muxplan workload show examples/paper19/workload.yaml
 	$(BIN)/muxplan workload synth --models llama-7b:12,llama-13b:4,llama-30b:2,llama-65b:1 \
-	  --alpha 0.9 --top-rate 40 --duration 240 --seed 1 --out $(OUT)/paper19-trace.json
+	  --alpha 0.9 --top-rate 40 --duration 60 --seed 1 --out $(OUT)/paper19-trace.json
 	$(BIN)/muxplan solve --workload examples/paper19/workload.yaml --cluster examples/paper19/cluster.yaml \
 	  --solver exact --time-limit 20 --out $(OUT)/paper19-plan.json
-	$(BIN)/muxplan plan show $(OUT)/paper19-plan.json --workload examples/paper19/workload.yaml
+	$(BIN)/muxplan simulate $(OUT)/paper19-plan.json --workload $(OUT)/paper19-trace.json --compare greedy,spatial \
+	  --max-rate --out $(OUT)/sim --plot $(OUT)/plots
 
 test: $(VENV)/.full
 	$(BIN)/python -m pytest

@@ -222,6 +222,9 @@ class PlacedModel(Record):
     routing_share: float = Field(gt=0, le=1, description="fraction of the model's requests sent here")
     rate_rps: float = Field(ge=0, description="requests per second routed to this replica")
     predicted_rps: float = Field(ge=0)
+    predicted_ttft_ms: list[float] | None = Field(default=None, description="predicted TTFT p50, p99")
+    predicted_tpot_ms: list[float] | None = Field(default=None, description="predicted TPOT p50, p99")
+    predicted_slo_attainment: float | None = Field(default=None, ge=0, le=1)
 
 
 class Unit(Record):
@@ -231,6 +234,7 @@ class Unit(Record):
     gpu_ids: list[int] = Field(min_length=1)
     models: list[PlacedModel] = Field(min_length=1)
     predicted_rps: float = Field(ge=0)
+    stall_share: float | None = Field(default=None, ge=0, description="share of time prefills and drains stall decodes")
 
 
 class Unserved(Record):
@@ -238,6 +242,28 @@ class Unserved(Record):
     demand_rps: float = Field(ge=0)
     served_rps: float = Field(ge=0)
     reason: str
+
+
+class ModelCheck(Record):
+    name: str
+    predicted_rps: float
+    simulated_rps: float
+    predicted_slo_attainment: float | None = None
+    simulated_slo_attainment: float
+
+
+class SimCheck(Record):
+    """The plan replayed by the simulator on its own workload, next to what the plan predicted."""
+
+    policy: str
+    slo_scale: float
+    rounds: int = Field(default=1, ge=1, description="solve-simulate-correct rounds run")
+    predicted_rps: float
+    simulated_rps: float
+    predicted_slo_attainment: float | None = None
+    simulated_slo_attainment: float
+    simulated_goodput_rps: float
+    models: list[ModelCheck] = Field(default_factory=list)
 
 
 class Considered(Record):
@@ -248,6 +274,9 @@ class Considered(Record):
     seconds: float
     gap: float | None = None
     chosen: bool = False
+    simulated_slo_attainment: float | None = None
+    simulated_goodput_rps: float | None = None
+    max_rate_scale: float | None = Field(default=None, description="simulated highest rate scale with 99% within SLO")
 
 
 class Plan(Contract):
@@ -261,6 +290,9 @@ class Plan(Contract):
     served_rps: float = Field(ge=0)
     num_gpus_used: int = Field(ge=0)
     considered: list[Considered] = Field(default_factory=list)
+    predicted_slo_attainment: float | None = Field(default=None, ge=0, le=1)
+    predicted_goodput_rps: float | None = Field(default=None, ge=0, description="req/s predicted to meet the SLO")
+    check: SimCheck | None = None
 
 
 CONTRACTS: dict[str, type[Contract]] = {

@@ -67,34 +67,49 @@ def inputs_digest(workload: Workload, cluster: Cluster, cost_label: str) -> str:
 
 def build_plan(
     cluster: Cluster, demands: list[Demand], units: list[UnitChoice], solver: SolverRecord,
-    cost_label: str = "", workload_name: str = "", temporal: bool = False,
+    cost_label: str = "", workload_name: str = "", temporal: bool = False, cost_model=None,
 ) -> Plan:
-    """Assign GPU ids, estimate every unit with the one yardstick, and record unserved demand."""
+    """Assign GPU ids, estimate every unit with the one yardstick (and, given the cost model, predict latencies
+    and SLO attainment per model), and record unserved demand."""
+    from planner.latency import predict_unit
+
     overrides = cluster.gpus
     placement = pack_units(cluster, units)
     served = [0.0] * len(demands)
+    met = [0.0] * len(demands)
     out_units = []
     for uid, (u, (node, gpu_ids)) in enumerate(zip(units, placement)):
-        est = estimate_unit(get_gpu(u.gpu, overrides), [(demands[i], o, r) for i, o, r in u.members], temporal)
+        gpu = get_gpu(u.gpu, overrides)
+        members = [(demands[i], o, r) for i, o, r in u.members]
+        est = estimate_unit(gpu, members, temporal)
+        preds = predict_unit(gpu, members, list(est.served_rps), cost_model) if cost_model is not None and not temporal else None
         placed = []
-        for (i, o, routed), got in zip(u.members, est.served_rps):
+        for k, ((i, o, routed), got) in enumerate(zip(u.members, est.served_rps)):
             d = demands[i]
             served[i] += got
+            pred = preds[k] if preds else None
+            met[i] += got * (pred.slo_attainment if pred else 1.0)
             placed.append(PlacedModel(
                 name=d.name, model=d.ref, tp=u.mesh_size, prefill_sm_pct=o.prefill_sm_pct, decode_sm_pct=o.decode_sm_pct,
                 kv_bytes=o.kv_bytes_per_gpu, max_num_seqs=o.batch, routing_share=min(1.0, max(routed / d.rate_rps, EPS) if d.rate_rps else 1.0),
-                rate_rps=routed, predicted_rps=got,
+                rate_rps=routed, predicted_rps=got, predicted_ttft_ms=list(pred.ttft_ms) if pred else None,
+                predicted_tpot_ms=list(pred.tpot_ms) if pred else None, predicted_slo_attainment=pred.slo_attainment if pred else None,
             ))
-        out_units.append(Unit(id=uid, node=node, gpu=u.gpu, gpu_ids=gpu_ids, models=placed, predicted_rps=est.total_rps))
+        out_units.append(Unit(id=uid, node=node, gpu=u.gpu, gpu_ids=gpu_ids, models=placed, predicted_rps=est.total_rps,
+                              stall_share=None if temporal else est.stall_share))
     unserved = []
     for d, s in zip(demands, served):
         if d.rate_rps - s > EPS * max(1.0, d.rate_rps):
             placed_anywhere = any(demands[i].name == d.name for u in units for i, _, _ in u.members)
             reason = "placed, but its units are saturated" if placed_anywhere else "not placed: no mesh with room left"
             unserved.append(Unserved(name=d.name, demand_rps=d.rate_rps, served_rps=s, reason=reason))
+    demand = sum(d.rate_rps for d in demands)
+    predicted = cost_model is not None and not temporal
     return Plan(
         workload=workload_name, cluster=cluster, cost_model=cost_label, solver=solver, units=out_units, unserved=unserved,
-        demand_rps=sum(d.rate_rps for d in demands), served_rps=sum(served), num_gpus_used=sum(u.mesh_size for u in units),
+        demand_rps=demand, served_rps=sum(served), num_gpus_used=sum(u.mesh_size for u in units),
+        predicted_slo_attainment=min(1.0, sum(met) / demand) if predicted and demand > 0 else None,
+        predicted_goodput_rps=sum(met) if predicted else None,
     )
 
 

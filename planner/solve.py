@@ -15,9 +15,11 @@ ALL_SERVED = 1 - 1e-6  # share of the demand above which a plan counts as servin
 
 
 def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, cost_label: str = "", objective: str = "goodput",
-               time_limit_s: float = 30.0, seed: int = 0, backend: str = "highs", greedy_units=None, spent_s: float = 0.0) -> Plan:
+               time_limit_s: float = 30.0, seed: int = 0, backend: str = "highs", greedy_units=None, spent_s: float = 0.0,
+               corrections: dict[str, float] | None = None) -> Plan:
     """One solver's plan. ``time_limit_s`` bounds the wall time including the greedy warm start of exact:
-    ``spent_s`` is what the caller already spent on it (when it passes ``greedy_units``)."""
+    ``spent_s`` is what the caller already spent on it (when it passes ``greedy_units``). ``corrections`` scale the
+    SLO the unit model plans for, per model (planner.verify's closed loop); the plan is still judged on the real SLO."""
     from planner.baselines import place_spatial
     from planner.exact import solve_exact
     from planner.greedy import place_greedy
@@ -28,7 +30,7 @@ def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, co
         raise InputError(f"--objective: '{objective}' is not one of {', '.join(OBJECTIVES)}")
     if cluster.num_gpus == 0:
         raise InputError("cluster: no GPUs")
-    demands = demands_from_workload(workload)
+    demands = [_corrected(d, (corrections or {}).get(d.name, 1.0)) for d in demands_from_workload(workload)]
     start = time.perf_counter()
     value = bound = gap = None
     status = "heuristic"
@@ -50,9 +52,18 @@ def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, co
     record = SolverRecord(method=method, objective=objective, value=0.0, bound=bound, gap=gap, status=status, seconds=seconds,
                           seed=seed, time_limit_s=time_limit_s, inputs_digest=inputs_digest(workload, cluster, cost_label),
                           headroom=headroom)
-    plan = build_plan(cluster, demands, units, record, cost_label, workload.name, temporal=method == "temporal")
+    plan = build_plan(cluster, demands, units, record, cost_label, workload.name, temporal=method == "temporal", cost_model=cost_model)
     final_value = value if value is not None else plan.served_rps
     return plan.model_copy(update={"solver": record.model_copy(update={"value": final_value})})
+
+
+def _corrected(demand, factor: float):
+    from dataclasses import replace
+
+    if factor == 1.0:
+        return demand
+    target = demand.tpot_target_s * factor if demand.tpot_target_s is not None else None
+    return replace(demand, slo_scale=demand.slo_scale * factor, tpot_target_s=target)
 
 
 def _solve_exact_objective(demands, cluster, cost_model, objective, time_limit_s, seed, backend, warm):
@@ -87,8 +98,10 @@ def _solve_exact_objective(demands, cluster, cost_model, objective, time_limit_s
 
 
 def solve_and_compare(chosen: str, workload: Workload, cluster: Cluster, cost_model, cost_label: str = "", objective: str = "goodput",
-                      time_limit_s: float = 30.0, seed: int = 0, backend: str = "highs", compare: bool = True) -> Plan:
-    """The chosen solver's plan, with a 'considered' table of every solver judged by the same estimator."""
+                      time_limit_s: float = 30.0, seed: int = 0, backend: str = "highs", compare: bool = True,
+                      verify: bool = True) -> Plan:
+    """The chosen solver's plan, with a 'considered' table of every solver; with ``verify`` exact runs the closed
+    loop (planner.verify) within its time limit and every considered plan is judged by simulation."""
     from planner.greedy import place_greedy
 
     demands = demands_from_workload(workload)
@@ -96,12 +109,28 @@ def solve_and_compare(chosen: str, workload: Workload, cluster: Cluster, cost_mo
     greedy_units = place_greedy(demands, cluster, cost_model, time_limit_s / 3) if chosen in ("exact", "greedy") or compare else None
     greedy_s = time.perf_counter() - start
     methods = SOLVERS if compare else (chosen,)
-    plans = {m: run_solver(m, workload, cluster, cost_model, cost_label, objective if m == "exact" else "goodput",
-                           time_limit_s, seed, backend, greedy_units, greedy_s if m == "exact" and greedy_units is not None else 0.0)
-             for m in methods}
+    def solve(m):
+        spent = greedy_s if m == "exact" and greedy_units is not None else 0.0
+        if m != "exact" or not verify:
+            return run_solver(m, workload, cluster, cost_model, cost_label, objective if m == "exact" else "goodput",
+                              time_limit_s, seed, backend, greedy_units, spent)
+        from planner.verify import solve_verified
+
+        return solve_verified(lambda limit, fix: run_solver(m, workload, cluster, cost_model, cost_label, objective, limit, seed,
+                                                            backend, greedy_units, 0.0, fix), workload, cost_model, time_limit_s - spent, seed)
+
+    plans = {m: solve(m) for m in methods}
     if "greedy" in plans:  # its units were computed once above and shared as the exact warm start
         g = plans["greedy"]
         plans["greedy"] = g.model_copy(update={"solver": g.solver.model_copy(update={"seconds": greedy_s})})
+    if verify:
+        from planner.verify import simulated_check
+
+        plans = {m: p if p.check is not None else p.model_copy(update={"check": simulated_check(p, workload, cost_model, seed)[0]})
+                 for m, p in plans.items()}
     considered = [Considered(method=m, value=p.solver.value, served_rps=p.served_rps, num_gpus_used=p.num_gpus_used,
-                             seconds=p.solver.seconds, gap=p.solver.gap, chosen=m == chosen) for m, p in plans.items()]
+                             seconds=p.solver.seconds, gap=p.solver.gap, chosen=m == chosen,
+                             simulated_slo_attainment=p.check.simulated_slo_attainment if p.check else None,
+                             simulated_goodput_rps=p.check.simulated_goodput_rps if p.check else None)
+                  for m, p in plans.items()]
     return plans[chosen].model_copy(update={"considered": considered})

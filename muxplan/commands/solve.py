@@ -23,6 +23,7 @@ def solve(
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
     evaluate: Annotated[str, typer.Option(help="Pick the plan by: none (the --solver's) or sim (every solver, best simulated SLO attainment then throughput).")] = "none",
     slo_scale: Annotated[Optional[float], typer.Option(help="SLO scale for --evaluate sim (default: the workload's).")] = None,
+    verify: Annotated[bool, typer.Option(help="Simulate the plan, correct the unit model where it disagrees and re-solve (closed loop).")] = True,
 ) -> None:
     """Compute a placement plan for a workload on a cluster."""
     from muxplan.cluster import load_cluster
@@ -51,7 +52,7 @@ def solve(
                                  seconds=p.solver.seconds, gap=p.solver.gap, chosen=m == solver) for m, p in plans.items()]
         plan = plans[solver].model_copy(update={"considered": considered})
     else:
-        plan = solve_and_compare(solver, w, c, cost_model, label, objective, time_limit, seed, backend, compare)
+        plan = solve_and_compare(solver, w, c, cost_model, label, objective, time_limit, seed, backend, compare, verify)
     problems = check_plan(plan, w)
     if problems:
         raise RuntimeError("internal error: the plan violates constraints: " + "; ".join(problems))

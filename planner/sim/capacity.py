@@ -2,7 +2,9 @@
 
 Rate scale x replays the same requests with arrival times divided by x. Attainment falls as x grows
 (more overlap, longer queues), so the search brackets the threshold by doubling or halving from 1, then
-bisects geometrically. Each probe is one full simulation.
+bisects geometrically. Each probe is one full simulation. Near the cliff attainment is not monotone (a
+slightly higher scale can pass where a lower one failed), so the answer is the highest passing scale from
+which every tested higher scale fails, reported with its bracket (that scale, the lowest failing one above).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class Capacity:
     target: float
     slo_scale: float
     probes: tuple[Summary, ...]
+    bracket: tuple[float, float] = (0.0, float("inf"))
 
 
 def max_rate_scale(plan: Plan, workload: Workload, table: RequestTable, cost: CostModel, policy: str | Policy = "adbs",
@@ -61,7 +64,12 @@ def max_rate_scale(plan: Plan, workload: Workload, table: RequestTable, cost: Co
         for _ in range(steps):
             mid = math.sqrt(lo * hi)
             lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    passed = sorted(p.rate_scale for p in probes if p.overall.slo_attainment >= target)
+    failed = sorted(p.rate_scale for p in probes if p.overall.slo_attainment < target)
+    lo = passed[-1] if passed else 0.0  # every tested scale above the highest pass fails
+    above = [f for f in failed if f > lo]
     demand = sum(m.rate_rps for m in workload.models)
     span = float(table.arrival_s[-1] - table.arrival_s[0]) if table.num_requests > 1 else 0.0
     base_rps = table.num_requests / span if span > 0 else demand
-    return Capacity(rate_scale=lo, rate_rps=lo * base_rps, target=target, slo_scale=slo_scale, probes=tuple(probes))
+    return Capacity(rate_scale=lo, rate_rps=lo * base_rps, target=target, slo_scale=slo_scale, probes=tuple(probes),
+                    bracket=(lo, above[0] if above else float("inf")))

@@ -1,0 +1,123 @@
+"""SLO-aware planning: the latency model by hand, shedding, the robust max-rate search, headroom and the closed loop."""
+import pytest
+
+from muxplan.catalog import get_gpu, get_model
+from muxplan.cluster import load_cluster
+from muxplan.schema import LengthDist, Workload, WorkloadModel
+from muxplan.workload import parse_model_counts, synthesize
+from planner.estimator import DRAIN_FACTOR, estimate_unit
+from planner.latency import predict_unit
+from planner.solve import run_solver, solve_and_compare
+from planner.tables import demands_from_workload, model_options
+from profiler.cost_model import load_cost_model
+from tests.sim_fixtures import ToyCost, make_plan, make_workload, placed
+
+CM = load_cost_model()
+GIB = 2**30
+
+
+def test_latency_of_a_lone_request_is_its_prefill_drain_and_decode_steps():
+    w = Workload(models=[WorkloadModel(name="a", model="llama-7b", rate_rps=1e-6, prompt_tokens=LengthDist(kind="fixed", mean=100),
+                                       output_tokens=LengthDist(kind="fixed", mean=50))], duration_s=10)
+    d = demands_from_workload(w)[0]
+    gpu = get_gpu("A100-80GB")
+    o = model_options(d, gpu, 1, CM)[0]
+    (pred,) = predict_unit(gpu, [(d, o, 1e-6)], [1e-6], CM)
+    spec = get_model("llama-7b")
+    # no load: no wait, no stall; TTFT = drain + prefill of 100 tokens; TPOT = the decode step at batch 1, context C
+    assert d.context_tokens == 100 + 50 // 2  # no request drawn in 10 s at 1e-6 req/s: C falls back to L_in + L_out / 2
+    ttft = DRAIN_FACTOR * o.decode_step_s * 1e3 + CM.prefill_ms(spec, gpu, 1, 100, 1, 100)
+    assert pred.ttft_ms == pytest.approx((ttft, ttft))
+    step = CM.decode_ms(spec, gpu, 1, o.decode_sm_pct, 1, d.context_tokens)
+    assert pred.tpot_ms == pytest.approx((step, step)) and pred.decode_batch == 1.0 and pred.slo_attainment == 1.0
+
+
+def test_a_plan_serving_half_of_a_model_sheds_the_rest_but_not_a_lighter_load():
+    from planner.sim.engine import simulate_plan
+
+    rows = [(0.1 * k, "a", 10, 2) for k in range(200)]
+    plan = make_plan([[placed("a", GIB, share=0.5)]])
+    wl = make_workload(["a"], rows)
+    shed = simulate_plan(plan, wl, ToyCost()).records["dropped"]
+    assert 80 <= (shed == "shed: above the rate the plan admits").sum() <= 120
+    lighter = simulate_plan(plan, wl, ToyCost(), rate_scale=0.5).records["dropped"]
+    assert (lighter == "").all()
+
+
+def test_max_rate_reports_the_highest_pass_above_every_failure_with_its_bracket():
+    from planner.sim.capacity import max_rate_scale
+    from planner.sim.trace import build_request_table
+
+    plan = make_plan([[placed("a", 10 * GIB)]])
+    wl = make_workload(["a"], [(0.0, "a", 100, 6), (1.0, "a", 100, 6)])
+    cap = max_rate_scale(plan, wl, build_request_table(wl), ToyCost(), slo_scale=1.0, max_scale=64.0, steps=6)
+    passed = [p.rate_scale for p in cap.probes if p.overall.slo_attainment >= 0.99]
+    failed = [p.rate_scale for p in cap.probes if p.overall.slo_attainment < 0.99]
+    assert cap.rate_scale == max(passed) and cap.bracket == (max(passed), min(f for f in failed if f > max(passed)))
+    assert all(f > cap.rate_scale for f in failed) and cap.bracket[1] / cap.bracket[0] == pytest.approx(2 ** (1 / 64))
+
+
+def small(rates, counts="llama-7b:2,llama-13b:1", cluster="1x4xA100-80GB"):
+    w = synthesize(parse_model_counts(counts), 1.0, 1.0, duration_s=60, seed=0, materialise=False)
+    w = w.model_copy(update={"models": [m.model_copy(update={"rate_rps": r}) for m, r in zip(w.models, rates)]})
+    return w, load_cluster(cluster)
+
+
+def test_headroom_is_proven_and_no_worse_than_one_replica_per_mesh():
+    w, cluster = small([6.0, 3.0, 1.0])
+    plan = run_solver("exact", w, cluster, CM, objective="headroom", time_limit_s=20)
+    s = plan.solver
+    assert s.value == s.headroom and s.bound >= s.value - 1e-9 and s.gap == pytest.approx((s.bound - s.value) / s.bound)
+    # brute force without replication: each model alone on one GPU (4 GPUs, 3 models); headroom is the smallest
+    # over models of (rate served alone at scale -> its best single-GPU rate) / demand
+    demands = demands_from_workload(w)
+    gpu = get_gpu("A100-80GB")
+    alone = min(max(o.max_rps for o in model_options(d, gpu, 1, CM)) / d.rate_rps for d in demands)
+    assert s.value >= alone * (1 - 1e-6)
+    # the plan routes exactly the demand, and every unit serves it
+    for u in plan.units:
+        members = [(next(d for d in demands if d.name == m.name), None, m.rate_rps) for m in u.models]
+        assert sum(m.predicted_rps for m in u.models) == pytest.approx(sum(r for _, _, r in members), rel=1e-6)
+    assert plan.served_rps == pytest.approx(plan.demand_rps, rel=1e-6)
+
+
+def test_goodput_spends_spare_gpus_on_headroom():
+    w, cluster = small([2.0, 1.0, 0.5])
+    plan = run_solver("exact", w, cluster, CM, objective="goodput", time_limit_s=20)
+    assert plan.served_rps == pytest.approx(plan.demand_rps, rel=1e-6) and plan.solver.gap == 0.0
+    assert plan.solver.headroom > 1.0 and plan.num_gpus_used == 4
+    only_demand = run_solver("exact", w, cluster, CM, objective="min-gpus", time_limit_s=20)
+    assert only_demand.num_gpus_used < 4
+
+
+def test_min_gpus_says_when_no_plan_meets_the_slo():
+    from muxplan.files import InputError
+
+    w, cluster = small([500.0, 500.0, 500.0], cluster="1x2xA100-80GB")
+    with pytest.raises(InputError, match="min-gpus: impossible to serve all 1500.00 req/s"):
+        run_solver("exact", w, cluster, CM, objective="min-gpus", time_limit_s=10)
+
+
+def test_closed_loop_tightens_a_model_whose_simulation_misses_its_prediction(monkeypatch):
+    import planner.tables as tables
+    import planner.verify as verify
+
+    w, cluster = small([9.0, 6.0, 3.0], cluster="1x2xA100-80GB")
+    w = w.model_copy(update={"duration_s": 60.0})
+    tables._CACHE.clear()
+    monkeypatch.setattr(tables, "TPOT_MARGIN", 3.0)  # an optimistic unit model: plans that miss the SLO
+    seen = []
+    real = verify.simulated_check
+
+    def spy(plan, *args, **kwargs):
+        out = real(plan, *args, **kwargs)
+        seen.append(out[0])
+        return out
+
+    monkeypatch.setattr(verify, "simulated_check", spy)
+    plan = solve_and_compare("exact", w, cluster, CM, time_limit_s=30, compare=False, verify=True)
+    tables._CACHE.clear()
+    assert verify.missed(seen[0])  # the first plan promised more than it delivered
+    assert plan.check.rounds == len(seen) >= 2
+    assert plan.check.simulated_goodput_rps == max(c.simulated_goodput_rps for c in seen)
+    assert plan.check.simulated_slo_attainment >= seen[0].simulated_slo_attainment
