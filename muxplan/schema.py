@@ -11,6 +11,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
+MAX_TOKENS = 1 << 20
+"""Largest prompt/output length any file may carry (far beyond any model's context; bounds the work a file can ask for)."""
+MAX_TIME_S = 1e8
+"""Latest arrival and longest duration in seconds (~3 years): later ones are typos or unit mistakes."""
+MAX_RATE_RPS = 1e6
+"""Highest request rate per model a workload may declare."""
 
 Dtype = Literal["float32", "bfloat16", "float16", "fp8"]
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}
@@ -132,10 +138,10 @@ class WorkloadModel(Record):
 
 
 class TraceRow(Record):
-    arrival_s: float = Field(ge=0)
+    arrival_s: float = Field(ge=0, le=MAX_TIME_S, allow_inf_nan=False)
     model: str = Field(min_length=1)
-    prompt_tokens: int = Field(ge=1)
-    output_tokens: int = Field(ge=1)
+    prompt_tokens: int = Field(ge=1, le=MAX_TOKENS)
+    output_tokens: int = Field(ge=1, le=MAX_TOKENS)
 
 
 class Arrivals(Record):
@@ -146,7 +152,7 @@ class Arrivals(Record):
 class Workload(Contract):
     name: str = "workload"
     duration_s: float = Field(default=240.0, gt=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     arrivals: Arrivals = Arrivals()
     models: list[WorkloadModel] = Field(min_length=1)
     requests: list[TraceRow] | None = Field(default=None, description="materialised trace, if any")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from muxplan.files import atomic_path
 from muxplan.schema import Profile
 
 
@@ -54,9 +55,6 @@ def plot_profile(profile: Profile, out: str) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(f"{profile.model} on {profile.gpu}")
     fig.tight_layout()
-    tmp = f"{out}.tmp.png"
-    fig.savefig(tmp)
+    with atomic_path(out) as tmp:  # no half-written plot
+        fig.savefig(tmp)
     plt.close(fig)
-    import os
-
-    os.replace(tmp, out)  # atomic: no half-written plot

@@ -26,9 +26,9 @@ def simulate(
     """Replay a plan on a trace and report SLO attainment and throughput."""
     from rich.console import Console
 
-    from muxplan.files import InputError, load_contract
-    from muxplan.schema import Plan
+    from muxplan.files import InputError, atomic_path
     from muxplan.workload import load_workload
+    from planner.placement import load_plan
     from planner.sim import comparison, records, render
     from planner.sim.trace import build_request_table
     from profiler.cost_model import load_cost_model
@@ -37,10 +37,13 @@ def simulate(
         raise InputError(f"--records-format: '{records_format}' is not csv or parquet")
     if rate_scale <= 0:
         raise InputError(f"--rate-scale: must be > 0, got {rate_scale}")
-    the_plan = load_contract(plan, Plan)
+    the_plan = load_plan(plan)
     the_workload = load_workload(workload)
     cost = load_cost_model(profile, params)
     entries = [c.strip() for c in compare.split(",") if c.strip()]
+    for entry in entries:  # plan files given to --compare pass the same checker
+        if Path(entry).suffix.lower() in (".json", ".yaml", ".yml") or Path(entry).exists():
+            load_plan(entry)
     runs = comparison.resolve_runs(the_plan, plan.stem, policy, entries, the_workload, cost)
     table = build_request_table(the_workload)
     k = slo_scale if slo_scale is not None else the_workload.models[0].slo.scale
@@ -64,12 +67,13 @@ def simulate(
     if plot is not None:
         from planner.sim import plots
 
-        plot.mkdir(parents=True, exist_ok=True)
-        plots.plot_attainment({o.run.label: o.curve for o in outcomes}, plot / "slo_attainment.png")
-        plots.plot_throughput_vs_rate({o.run.label: comparison.rate_probes(o, the_workload, table, cost, seed) for o in outcomes},
-                                      plot / "throughput_vs_rate.png")
+        with atomic_path(plot / "slo_attainment.png") as tmp:
+            plots.plot_attainment({o.run.label: o.curve for o in outcomes}, tmp)
+        with atomic_path(plot / "throughput_vs_rate.png") as tmp:
+            plots.plot_throughput_vs_rate({o.run.label: comparison.rate_probes(o, the_workload, table, cost, seed) for o in outcomes}, tmp)
         for o in outcomes:
-            plots.plot_usage(o.result, plot / f"usage_{o.run.label}.png")
+            with atomic_path(plot / f"usage_{o.run.label}.png") as tmp:
+                plots.plot_usage(o.result, tmp)
     if json_output:
         typer.echo(records.summary_json(data))
         return
