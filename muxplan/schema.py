@@ -66,6 +66,8 @@ class ModelSpec(Record):
 
 
 class ModelCatalogFile(Contract):
+    """Model catalog: architecture numbers of decoder-only models."""
+
     models: list[ModelSpec]
 
 
@@ -81,6 +83,8 @@ class GpuSpec(Record):
 
 
 class GpuCatalogFile(Contract):
+    """GPU catalog: datasheet numbers per GPU type."""
+
     gpus: list[GpuSpec]
 
 
@@ -92,6 +96,8 @@ class NodeSpec(Record):
 
 
 class Cluster(Contract):
+    """Cluster: nodes, each with a GPU type and count (or the shorthand 4x8xA100-80GB)."""
+
     nodes: list[NodeSpec] = Field(min_length=1)
     gpus: list[GpuSpec] = Field(default_factory=list, description="GPU specs overriding the catalog")
 
@@ -150,6 +156,8 @@ class Arrivals(Record):
 
 
 class Workload(Contract):
+    """Workload: per served model a rate, length distributions and an SLO; optionally the materialised requests."""
+
     name: str = "workload"
     duration_s: float = Field(default=240.0, gt=0)
     seed: int = Field(default=0, ge=0)
@@ -172,6 +180,8 @@ class Workload(Contract):
 
 
 class Trace(Contract):
+    """Trace: request rows (arrival_s, model, prompt_tokens, output_tokens); also CSV or JSONL."""
+
     requests: list[TraceRow]
     source: str = ""
 
@@ -189,6 +199,8 @@ class ProfilePoint(Record):
 
 
 class Profile(Contract):
+    """Profile: measured prefill and decode latencies of one model on one GPU type."""
+
     gpu: str = Field(min_length=1)
     model: str = Field(min_length=1)
     dtype: Dtype = "bfloat16"
@@ -256,6 +268,8 @@ class Considered(Record):
 
 
 class Plan(Contract):
+    """Plan: the solver record, units (node, GPUs, models with SM shares and KV bytes) and unserved demand."""
+
     workload: str = ""
     cluster: Cluster
     cost_model: str = Field(default="", description="profile directory or analytic params used")
