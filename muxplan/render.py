@@ -1,8 +1,6 @@
 """Rich tables for the foundation's contracts (catalog entries, clusters)."""
 from __future__ import annotations
 
-import os
-
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -14,15 +12,13 @@ GIB = 2**30
 
 
 WIDE = 1000
-"""Columns of a console writing to a file or pipe: wide enough that no table is cut (``COLUMNS`` overrides)."""
+"""Columns of a console writing to a file or pipe: wide enough that no table is cut (an exported COLUMNS is ignored there)."""
 
 
 def console(stderr: bool = False) -> Console:
     """A console that does not squeeze tables to 80 columns when output is a file, a pipe or a CI log."""
     out = Console(stderr=stderr)
-    if out.is_terminal or os.environ.get("COLUMNS", "").isdigit():
-        return out
-    return Console(stderr=stderr, width=WIDE)
+    return out if out.is_terminal else Console(stderr=stderr, width=WIDE)
 
 
 def progress_bar() -> Progress:
