@@ -185,7 +185,8 @@ def catalog_ref(name: str) -> str:
 
 def natural_key(name: str) -> list:
     """Sort key treating digit runs as numbers: llama-7b-2 < llama-7b-10 < llama-65b."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+    # digit runs compare by length then text (no int(): a 5000-digit run would exceed Python's int parsing limit)
+    return [(0, len(part.lstrip("0")), part.lstrip("0")) if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
 
 def workload_from_trace(trace: Trace, slo: Slo = Slo(), name: str = "trace", where: str = "", rows_field: str = "requests") -> Workload:
