@@ -5,6 +5,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator, TypeVar
@@ -22,7 +23,9 @@ class InputError(Exception):
     """Bad user input: the message is one line per problem, each naming the file and field."""
 
     def __init__(self, problems: list[str] | str):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        problems = [problems] if isinstance(problems, str) else list(problems)
+        # one printable line each: a parser's message may span lines, and a file's lone surrogates cannot be printed
+        self.problems = [re.sub(r"\s*[\r\n]+\s*", " ", p).strip().encode("utf-8", "backslashreplace").decode() for p in problems]
         super().__init__("\n".join(self.problems))
 
 

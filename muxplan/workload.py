@@ -269,12 +269,19 @@ def spec_problems(w: Workload, where: str = "") -> list[str]:
     return problems
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # too long for a path, or a NUL byte: not a file
+        return False
+
+
 def _resolve_config_paths(w: Workload, folder: Path) -> Workload:
     """Model refs that are paths relative to the workload file become absolute (callers run elsewhere)."""
     models = []
     for m in w.models:
         local = folder / m.model
-        if m.model not in model_catalog() and not Path(m.model).is_absolute() and local.exists():
+        if m.model not in model_catalog() and not Path(m.model).is_absolute() and _exists(local):
             m = m.model_copy(update={"model": str(local.resolve())})
         models.append(m)
     return w.model_copy(update={"models": models})

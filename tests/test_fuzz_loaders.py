@@ -26,7 +26,7 @@ from tests.sim_fixtures import make_plan, placed
 
 DEEP = "__DEEP__"
 HOSTILE = [-1, 0, 1, 1e20, 10**30, 2**63, -(2**63) - 1, "1e20", float("inf"), float("-inf"), float("nan"), "", "x", None,
-           [], {}, True, "9" * 5000, "a" * 10_000, DEEP, {"schema_version": 1}, [1, 2, 3], "../../etc/passwd"]
+           [], {}, True, "9" * 5000, "a" * 10_000, DEEP, {"schema_version": 1}, [1, 2, 3], "../../etc/passwd", "a\x00b", "\ud800"]
 ROWS = [(0.0, "llama-7b-0", 100, 20), (0.5, "llama-7b-1", 7, 3), (2.0, "llama-7b-0", 60, 1)]
 
 
@@ -156,7 +156,7 @@ def test_mutated_files_load_or_fail_with_one_line_per_problem(tmp_path, no_hang,
     kind, suffix, content = case
     work = Path(tempfile.mkdtemp(dir=tmp_path))  # tmp_path is shared by the examples
     src = work / f"in-{kind}{suffix}"
-    src.write_text(content)
+    src.write_text(content, errors="surrogatepass")  # a lone surrogate becomes bytes that are not UTF-8
     out = work / "out.json"
     signal.alarm(60)
     problems = _read(kind, src, out)
