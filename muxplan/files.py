@@ -45,8 +45,29 @@ def validation_problems(path: str | Path, err: ValidationError) -> list[str]:
     return problems
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\[uU]0*[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
 def parse_text(path: str | Path, text: str, yaml_syntax: bool) -> object:
-    """JSON or YAML text -> Python data; syntax errors, absurd nesting and huge numbers become InputError."""
+    """JSON or YAML text -> Python data; syntax errors, absurd nesting, huge numbers and lone surrogates become InputError."""
+    data = _parse_text(path, text, yaml_syntax)
+    _check_printable(f"{path}: (root)", text, data)
+    return data
+
+
+def _check_printable(where: str, text: str, data: object) -> None:
+    """Refuse strings holding a lone UTF-16 surrogate (a valid JSON escape, but not text: it cannot be printed)."""
+    if not _SURROGATE_ESCAPE.search(text):  # the usual case costs one regex scan
+        return
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{where}: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff escape)") from None
+    except (ValueError, TypeError, RecursionError):
+        pass  # YAML-only types (dates, ...): nothing to report here
+
+
+def _parse_text(path: str | Path, text: str, yaml_syntax: bool) -> object:
     if yaml_syntax:
         import yaml
 
@@ -179,6 +200,7 @@ def load_trace(path: str | Path) -> Trace:
                         raise InputError(f"{p}: line {i + 1}: invalid JSON: nested too deeply") from None
                     except ValueError as exc:
                         raise InputError(f"{p}: line {i + 1}: invalid JSON: {exc}") from None
+                    _check_printable(f"{p}: line {i + 1}", line, raw)
                     if not isinstance(raw, dict):
                         raise InputError(f"{p}: line {i + 1}: expected an object")
                     rows.append(_row(p, f"rows[{len(rows)}]", raw))

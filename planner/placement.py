@@ -136,6 +136,8 @@ def check_plan(plan: Plan, workload: Workload | None = None) -> list[str]:
             mem += weight_bytes_per_gpu(spec, m.tp) + reserve_bytes(spec, m.tp, max_num_seqs=m.max_num_seqs) + m.kv_bytes
             if m.tp != n:
                 problems.append(f"{where}.models[{k}].tp: {m.tp} != mesh size {n}")
+            if m.kv_bytes <= 0:
+                problems.append(f"{where}.models[{k}].kv_bytes: must be > 0 to serve requests")
             if m.decode_sm_pct > m.prefill_sm_pct:
                 problems.append(f"{where}.models[{k}]: decode SM% {m.decode_sm_pct} above prefill SM% {m.prefill_sm_pct}")
             if names is not None and m.name not in names:

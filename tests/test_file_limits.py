@@ -126,16 +126,17 @@ def test_csv_with_a_utf8_bom_reads(tmp_path):
     (lambda d: d["units"][0]["models"][0].update(model="no/such/folder"), "units[0].models[0].model: unknown model 'no/such/folder'"),
     (lambda d: d["units"][0]["models"][0].update(tp=2), "units[0].models[0].tp: 2 != mesh size 1"),
     (lambda d: d["units"][0].update(gpu="H100-SXM"), "units[0].gpu: H100-SXM but node 0 has A100-80GB"),
+    (lambda d: d["units"][0]["models"][0].update(kv_bytes=0), "units[0].models[0].kv_bytes: must be > 0 to serve requests"),
 ])
 def test_every_command_reading_a_plan_checks_it(tmp_path, change, field):
-    data = make_plan([[placed("a", 2**30)], [placed("b", 2**30)]]).model_dump(mode="json")
+    data = make_plan([[placed("llama-7b-0", 2**30)], [placed("llama-7b-1", 2**30)]]).model_dump(mode="json")
     change(data)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(data))
     good = tmp_path / "good.json"
-    good.write_text(make_plan([[placed("a", 2**30)], [placed("b", 2**30)]]).model_dump_json())
+    good.write_text(make_plan([[placed("llama-7b-0", 2**30)], [placed("llama-7b-1", 2**30)]]).model_dump_json())
     w = tmp_path / "t.csv"
-    w.write_text(f"{HEADER}0.5,llama-7b,5,3\n")
+    w.write_text(f"{HEADER}0.5,llama-7b-0,5,3\n1.5,llama-7b-1,5,3\n")
     for args in (("plan", "show", bad), ("plan", "diff", good, bad), ("simulate", bad, "-w", w),
                  ("simulate", good, "-w", w, "--compare", bad)):
         proc = run_cli(*args)
@@ -153,3 +154,25 @@ def test_atomic_path_keeps_the_suffix_and_leaves_nothing(tmp_path):
         tmp.write_bytes(b"half")
         raise RuntimeError("writer crashed")
     assert target.read_bytes() == b"png" and sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (("simulate", "PLAN", "-w", "TRACE", "--rate-scale", "inf"), "--rate-scale: must be a finite number > 0, got inf"),
+    (("simulate", "PLAN", "-w", "TRACE", "--rate-scale", "nan"), "--rate-scale: must be a finite number > 0, got nan"),
+    (("simulate", "PLAN", "-w", "TRACE", "--slo-scale", "-1"), "--slo-scale: must be a finite number > 0, got -1.0"),
+    (("simulate", "PLAN", "-w", "TRACE", "--seed", "-1"), "--seed: must be a finite number >= 0, got -1"),
+    (("solve", "--workload", "examples/small/workload.yaml", "--cluster", "1x4xA100-80GB", "--time-limit", "nan"),
+     "--time-limit: must be a finite number > 0, got nan"),
+    (("solve", "--workload", "examples/small/workload.yaml", "--cluster", "1x4xA100-80GB", "--time-limit", "-1"),
+     "--time-limit: must be a finite number > 0, got -1.0"),
+    (("solve", "--workload", "examples/small/workload.yaml", "--cluster", "1x4xA100-80GB", "--seed", "-1"),
+     "--seed: must be a finite number >= 0, got -1"),
+    (("workload", "synth", "--models", "llama-7b", "--seed", "-1", "--out", "OUT"), "--seed: must be a finite number >= 0, got -1"),
+])
+def test_numeric_options_are_checked(tmp_path, args, message):
+    trace = tmp_path / "t.csv"
+    trace.write_text(f"{HEADER}0.5,llama-7b,5,3\n")
+    subst = {"PLAN": str(_plan_file(tmp_path)), "TRACE": str(trace), "OUT": str(tmp_path / "w.json")}
+    proc = run_cli(*(subst.get(a, a) for a in args))
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {message}", proc.stderr
+    assert not (tmp_path / "w.json").exists()

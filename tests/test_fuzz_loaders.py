@@ -121,7 +121,13 @@ def _alarm(signum, frame):
     raise Hang("a loader ran for more than 60 s")
 
 
-def _read(kind: str, src: Path, out: Path) -> list[str] | None:
+def _commands(kind: str, src: Path, out: Path, trace: Path) -> list[list]:
+    """The commands that read a file of this kind (the plan twice: shown and simulated)."""
+    return {"workload": [["workload", "show", src]], "azure-csv": [["workload", "import", src, "--models", "llama-7b:2", "--out", out]],
+            "profile": [["profile", "show", src]], "plan": [["plan", "show", src], ["simulate", src, "-w", trace]]}.get(kind, [["workload", "show", src]])
+
+
+def _read(kind: str, src: Path, out: Path, trace: Path) -> list[str] | None:
     """Read src as `kind` the way the CLI does; the InputError problems, or None when it was accepted."""
     try:
         if kind == "cluster":
@@ -129,17 +135,23 @@ def _read(kind: str, src: Path, out: Path) -> list[str] | None:
             return None
         if kind == "profile":
             load_profiles(src)
-        args = {"workload": ["workload", "show", src], "azure-csv": ["workload", "import", src, "--models", "llama-7b:2", "--out", out],
-                "profile": ["profile", "show", src], "plan": ["plan", "show", src]}.get(kind, ["workload", "show", src])
-        result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=True)
+        for args in _commands(kind, src, out, trace):
+            result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=True)
+            if isinstance(result.exception, InputError):
+                return result.exception.problems
+            if result.exception is not None and not isinstance(result.exception, SystemExit):
+                raise result.exception
+            assert result.exit_code == 0, result.output
     except InputError as exc:
         return exc.problems
-    if isinstance(result.exception, InputError):
-        return result.exception.problems
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    assert result.exit_code == 0, result.output
     return None
+
+
+@pytest.fixture
+def trace(tmp_path_factory):
+    path = tmp_path_factory.mktemp("trace") / "t.csv"
+    path.write_text(BASES["trace-csv"][1])
+    return path
 
 
 @pytest.fixture
@@ -152,14 +164,14 @@ def no_hang():
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=mutated())
-def test_mutated_files_load_or_fail_with_one_line_per_problem(tmp_path, no_hang, case):
+def test_mutated_files_load_or_fail_with_one_line_per_problem(tmp_path, no_hang, trace, case):
     kind, suffix, content = case
     work = Path(tempfile.mkdtemp(dir=tmp_path))  # tmp_path is shared by the examples
     src = work / f"in-{kind}{suffix}"
     src.write_text(content, errors="surrogatepass")  # a lone surrogate becomes bytes that are not UTF-8
     out = work / "out.json"
     signal.alarm(60)
-    problems = _read(kind, src, out)
+    problems = _read(kind, src, out, trace)
     signal.alarm(0)
     if problems is not None:
         assert problems and all(p.startswith(f"{src}: ") and "\n" not in p for p in problems), problems
@@ -169,8 +181,8 @@ def test_mutated_files_load_or_fail_with_one_line_per_problem(tmp_path, no_hang,
 
 
 @pytest.mark.parametrize("kind", sorted(BASES))
-def test_unmutated_bases_load(tmp_path, kind):
+def test_unmutated_bases_load(tmp_path, trace, kind):
     suffix, base = BASES[kind]
     src = tmp_path / f"in-{kind}{suffix}"
     src.write_text(base if isinstance(base, str) else _dump(base, suffix))
-    assert _read(kind, src, tmp_path / "out.json") is None
+    assert _read(kind, src, tmp_path / "out.json", trace) is None

@@ -24,6 +24,7 @@ def simulate(
     params: Annotated[Optional[Path], typer.Option(help="Fitted roofline parameters JSON for the cost model.")] = None,
 ) -> None:
     """Replay a plan on a trace and report SLO attainment and throughput."""
+    from muxplan.commands.options import check_numbers
     from muxplan.files import InputError, atomic_path
     from muxplan.render import console
     from muxplan.workload import load_workload
@@ -34,15 +35,14 @@ def simulate(
 
     if records_format not in ("csv", "parquet"):
         raise InputError(f"--records-format: '{records_format}' is not csv or parquet")
-    if rate_scale <= 0:
-        raise InputError(f"--rate-scale: must be > 0, got {rate_scale}")
-    the_plan = load_plan(plan)
+    check_numbers(rate_scale=(rate_scale, 0, True), slo_scale=(slo_scale, 0, True), seed=(seed, 0, False))
     the_workload = load_workload(workload)
+    the_plan = load_plan(plan, the_workload)
     cost = load_cost_model(profile, params)
     entries = [c.strip() for c in compare.split(",") if c.strip()]
     for entry in entries:  # plan files given to --compare pass the same checker
         if Path(entry).suffix.lower() in (".json", ".yaml", ".yml") or Path(entry).exists():
-            load_plan(entry)
+            load_plan(entry, the_workload)
     k = slo_scale if slo_scale is not None else the_workload.models[0].slo.scale
     with render.progress_bar(console(stderr=True)) as bar:
         task = bar.add_task("preparing", total=None, note="baseline plans and requests")

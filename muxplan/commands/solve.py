@@ -26,6 +26,7 @@ def solve(
 ) -> None:
     """Compute a placement plan for a workload on a cluster."""
     from muxplan.cluster import load_cluster
+    from muxplan.commands.options import check_numbers
     from muxplan.files import InputError, save_contract
     from muxplan.render import console, progress_bar
     from muxplan.workload import load_workload
@@ -34,6 +35,7 @@ def solve(
     from planner.solve import solve_and_compare
     from profiler.cost_model import load_cost_model
 
+    check_numbers(time_limit=(time_limit, 0, True), seed=(seed, 0, False), slo_scale=(slo_scale, 0, True))
     w, c = load_workload(workload), load_cluster(cluster)
     cost_model = load_cost_model(profile, params)
     label = str(profile) if profile else (f"roofline:{params}" if params else "roofline:shipped")
