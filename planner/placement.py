@@ -141,7 +141,7 @@ def check_plan(plan: Plan, workload: Workload | None = None) -> list[str]:
             if m.decode_sm_pct > m.prefill_sm_pct:
                 problems.append(f"{where}.models[{k}]: decode SM% {m.decode_sm_pct} above prefill SM% {m.prefill_sm_pct}")
             if names is not None and m.name not in names:
-                problems.append(f"{where}.models[{k}].name: '{m.name}' is not in the workload")
+                problems.append(f"{where}.models[{k}].name: '{m.name}' is not a model of workload '{workload.name}'")
             shares[m.name] = shares.get(m.name, 0.0) + m.routing_share
         placed = [m.name for m in u.models]
         if len(set(placed)) != len(placed):
