@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from muxplan.files import InputError, load_trace
-from muxplan.schema import LengthDist, Slo, TraceRow, Workload, WorkloadModel
-from muxplan.workload import empirical, popularity_ranks, popularity_rates, served_names
+from muxplan.schema import MAX_TOKENS, LengthDist, Slo, TraceRow, Workload, WorkloadModel
+from muxplan.workload import empirical, measured_span_problem, popularity_ranks, popularity_rates, served_names
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 AZURE_ATTRIBUTION = (
@@ -25,6 +26,7 @@ AZURE_ATTRIBUTION = (
 )
 _EPOCH = dt.datetime(1970, 1, 1)
 _MAX_PROBLEMS = 20
+_COUNT = re.compile(r"[0-9]{1,12}")  # ASCII digits only; more than 12 digits is over MAX_TOKENS anyway
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ def read_azure_csv(path: str | Path) -> AzureTrace:
     p = Path(path)
     stamps, prompts, outputs, problems = [], [], [], []
     try:
-        with p.open(newline="") as f:
+        with p.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             absent = [c for c in AZURE_COLUMNS if c not in (reader.fieldnames or [])]
             if absent:
@@ -59,11 +61,11 @@ def read_azure_csv(path: str | Path) -> AzureTrace:
                 try:
                     stamps.append(timestamp_ns(raw["TIMESTAMP"] or ""))
                 except (ValueError, TypeError, OverflowError):
-                    problems.append(f"{p}: rows[{i}].TIMESTAMP: '{raw['TIMESTAMP']}' is not YYYY-MM-DD HH:MM:SS.fff")
+                    problems.append(f"{p}: rows[{i}].TIMESTAMP: '{str(raw['TIMESTAMP'])[:40]}' is not YYYY-MM-DD HH:MM:SS.fff")
                 for column, low, sink in (("ContextTokens", 1, prompts), ("GeneratedTokens", 0, outputs)):
                     value = (raw[column] or "").strip()
-                    if not (value.isdigit() and int(value) >= low):
-                        problems.append(f"{p}: rows[{i}].{column}: '{raw[column]}' is not an integer >= {low}")
+                    if not (_COUNT.fullmatch(value) and low <= int(value) <= MAX_TOKENS):
+                        problems.append(f"{p}: rows[{i}].{column}: '{str(raw[column])[:40]}' is not an integer in {low}..{MAX_TOKENS}")
                     else:
                         sink.append(max(1, int(value)))
                 if len(problems) >= _MAX_PROBLEMS:
@@ -82,7 +84,7 @@ def lengths_from(path: str | Path) -> tuple[LengthDist, LengthDist]:
     """Empirical prompt and output length distributions of an Azure CSV or a muxplan trace file."""
     p = Path(path)
     try:
-        with p.open() as f:
+        with p.open(encoding="utf-8-sig") as f:
             header = f.readline()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{p}: cannot read: {exc.__class__.__name__}: {exc}") from None
@@ -104,6 +106,9 @@ def import_azure(
     model that drew no request). ``source`` keeps the trace's CC-BY attribution.
     """
     trace = read_azure_csv(path)
+    span_problem = measured_span_problem(trace.arrival_s.size, float(trace.arrival_s.max()))
+    if span_problem:
+        raise InputError(f"{path}: rows: {span_problem}")
     instances = served_names(counts)
     ranks = popularity_ranks(instances, order, seed, explicit_order)
     weights = popularity_rates(len(instances), alpha, 1.0, None)[ranks]
@@ -115,7 +120,7 @@ def import_azure(
                                  prompt_tokens=int(trace.prompt_tokens[i]), output_tokens=int(trace.output_tokens[i]))
         for i in order_idx
     ]
-    duration_s = max(float(trace.arrival_s.max()), 1e-6)
+    duration_s = float(trace.arrival_s.max())
     models = []
     for k, (served, ref) in enumerate(instances):
         mine = picks == k

@@ -36,9 +36,13 @@ def get_model(ref: str) -> ModelSpec:
     if ref in model_catalog():
         return model_catalog()[ref]
     path = Path(ref)
-    if path.is_dir():
-        path = path / "config.json"
-    if path.name.endswith(".json") and path.is_file():
+    try:
+        if path.is_dir():
+            path = path / "config.json"
+        found = path.name.endswith(".json") and path.is_file()
+    except (OSError, ValueError):  # a name too long for a path, or with a NUL byte, is no folder
+        found = False
+    if found:
         return model_from_hf_config(path)
     raise InputError(f"unknown model '{ref}'; known: {', '.join(model_catalog())} (or a path to a config.json)")
 

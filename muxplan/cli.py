@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -27,13 +27,17 @@ app.command("status")(deploy.status)
 
 @app.command("schema")
 def schema(
-    name: Annotated[str, typer.Argument(help="File type: model-catalog, gpu-catalog, cluster, workload, trace, profile, plan.")],
+    name: Annotated[Optional[str], typer.Argument(help="File type (without it: the list of file types).")] = None,
 ) -> None:
-    """Print the JSON Schema of one file type."""
+    """Print the JSON Schema of one file type, or list the file types."""
     import json
 
     from muxplan.schema import CONTRACTS
 
+    if name is None:
+        for known, cls in CONTRACTS.items():
+            typer.echo(f"{known:14} {(cls.__doc__ or '').strip()}".rstrip())
+        return
     if name not in CONTRACTS:
         raise InputError(f"unknown schema '{name}'; known: {', '.join(CONTRACTS)}")
     typer.echo(json.dumps(CONTRACTS[name].model_json_schema(), indent=1))

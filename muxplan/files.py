@@ -1,12 +1,14 @@
 """Loading and saving contract files: JSON or YAML in, atomic writes out, one line per problem."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import TypeVar
+from typing import Iterator, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -21,7 +23,9 @@ class InputError(Exception):
     """Bad user input: the message is one line per problem, each naming the file and field."""
 
     def __init__(self, problems: list[str] | str):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        problems = [problems] if isinstance(problems, str) else list(problems)
+        # one printable line each: a parser's message may span lines, and a file's lone surrogates cannot be printed
+        self.problems = [re.sub(r"\s*[\r\n]+\s*", " ", p).strip().encode("utf-8", "backslashreplace").decode() for p in problems]
         super().__init__("\n".join(self.problems))
 
 
@@ -41,14 +45,30 @@ def validation_problems(path: str | Path, err: ValidationError) -> list[str]:
     return problems
 
 
-def read_mapping(path: str | Path) -> object:
-    """Parse a JSON or YAML file into Python data; syntax errors become InputError."""
-    p = Path(path)
+_SURROGATE_ESCAPE = re.compile(r"\\[uU]0*[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def parse_text(path: str | Path, text: str, yaml_syntax: bool) -> object:
+    """JSON or YAML text -> Python data; syntax errors, absurd nesting, huge numbers and lone surrogates become InputError."""
+    data = _parse_text(path, text, yaml_syntax)
+    _check_printable(f"{path}: (root)", text, data)
+    return data
+
+
+def _check_printable(where: str, text: str, data: object) -> None:
+    """Refuse strings holding a lone UTF-16 surrogate (a valid JSON escape, but not text: it cannot be printed)."""
+    if not _SURROGATE_ESCAPE.search(text):  # the usual case costs one regex scan
+        return
     try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{p}: cannot read: {exc.__class__.__name__}: {exc}") from None
-    if p.suffix.lower() in (".yaml", ".yml"):
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{where}: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff escape)") from None
+    except (ValueError, TypeError, RecursionError):
+        pass  # YAML-only types (dates, ...): nothing to report here
+
+
+def _parse_text(path: str | Path, text: str, yaml_syntax: bool) -> object:
+    if yaml_syntax:
         import yaml
 
         try:
@@ -56,11 +76,34 @@ def read_mapping(path: str | Path) -> object:
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}" if mark else "(root)"
-            raise InputError(f"{p}: {where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+            raise InputError(f"{path}: {where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        except RecursionError:
+            raise InputError(f"{path}: (root): invalid YAML: nested too deeply") from None
+        except (ValueError, OverflowError) as exc:  # e.g. an integer of more than 4300 digits
+            raise InputError(f"{path}: (root): invalid YAML: {exc}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"{p}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+        raise InputError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise InputError(f"{path}: (root): invalid JSON: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:
+        raise InputError(f"{path}: (root): invalid JSON: {exc}") from None
+
+
+def read_text(path: str | Path) -> str:
+    """A text file's content (a UTF-8 BOM, as spreadsheet tools write, is dropped); unreadable -> InputError."""
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: cannot read: {exc.__class__.__name__}: {exc}") from None
+
+
+def read_mapping(path: str | Path) -> object:
+    """Parse a JSON or YAML file into Python data; syntax errors become InputError."""
+    p = Path(path)
+    return parse_text(p, read_text(p), p.suffix.lower() in (".yaml", ".yml"))
 
 
 def parse_contract(path: str | Path, data: object, cls: type[C]) -> C:
@@ -70,6 +113,8 @@ def parse_contract(path: str | Path, data: object, cls: type[C]) -> C:
         return cls.model_validate(data)
     except ValidationError as err:
         raise InputError(validation_problems(path, err)) from None
+    except RecursionError:
+        raise InputError(f"{path}: (root): nested too deeply") from None
 
 
 def load_contract(path: str | Path, cls: type[C]) -> C:
@@ -92,6 +137,24 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temp path beside ``path`` (same suffix, so writers like matplotlib pick the format) renamed onto it on success."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".tmp{p.suffix}", dir=p.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_contract(path: str | Path, obj: BaseModel) -> None:
@@ -124,7 +187,7 @@ def load_trace(path: str | Path) -> Trace:
         return load_contract(p, Trace)
     rows: list[TraceRow] = []
     try:
-        with p.open(newline="") as f:
+        with p.open(newline="", encoding="utf-8-sig") as f:
             if suffix == ".jsonl":
                 for i, line in enumerate(f):
                     if not line.strip():
@@ -133,6 +196,11 @@ def load_trace(path: str | Path) -> Trace:
                         raw = json.loads(line)
                     except json.JSONDecodeError as exc:
                         raise InputError(f"{p}: line {i + 1}: invalid JSON: {exc.msg}") from None
+                    except RecursionError:
+                        raise InputError(f"{p}: line {i + 1}: invalid JSON: nested too deeply") from None
+                    except ValueError as exc:
+                        raise InputError(f"{p}: line {i + 1}: invalid JSON: {exc}") from None
+                    _check_printable(f"{p}: line {i + 1}", line, raw)
                     if not isinstance(raw, dict):
                         raise InputError(f"{p}: line {i + 1}: expected an object")
                     rows.append(_row(p, f"rows[{len(rows)}]", raw))

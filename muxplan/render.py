@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from muxplan.catalog import kv_bytes_per_token, num_params, weight_bytes
@@ -10,10 +11,20 @@ from muxplan.schema import GpuSpec, ModelSpec
 GIB = 2**30
 
 
-def console() -> Console:
-    """A console that does not squeeze tables to 80 columns when output is a file or a CI log."""
-    out = Console()
-    return out if out.is_terminal else Console(width=160)
+WIDE = 1000
+"""Columns of a console writing to a file or pipe: wide enough that no table is cut (an exported COLUMNS is ignored there)."""
+
+
+def console(stderr: bool = False) -> Console:
+    """A console that does not squeeze tables to 80 columns when output is a file, a pipe or a CI log."""
+    out = Console(stderr=stderr)
+    return out if out.is_terminal else Console(stderr=stderr, width=WIDE)
+
+
+def progress_bar() -> Progress:
+    """The progress display of long steps: on stderr (stdout stays clean for tables and --json), gone when done."""
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"),
+                    TimeElapsedColumn(), console=console(stderr=True), transient=True)
 
 
 def models_table(models: list[ModelSpec]) -> Table:

@@ -11,6 +11,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
+MAX_TOKENS = 1 << 20
+"""Largest prompt/output length any file may carry (far beyond any model's context; bounds the work a file can ask for)."""
+MAX_TIME_S = 1e8
+"""Latest arrival and longest duration in seconds (~3 years): later ones are typos or unit mistakes."""
+MAX_RATE_RPS = 1e6
+"""Highest request rate per model a workload may declare."""
 
 Dtype = Literal["float32", "bfloat16", "float16", "fp8"]
 DTYPE_BYTES: dict[str, int] = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}
@@ -60,6 +66,8 @@ class ModelSpec(Record):
 
 
 class ModelCatalogFile(Contract):
+    """Model catalog: architecture numbers of decoder-only models."""
+
     models: list[ModelSpec]
 
 
@@ -75,6 +83,8 @@ class GpuSpec(Record):
 
 
 class GpuCatalogFile(Contract):
+    """GPU catalog: datasheet numbers per GPU type."""
+
     gpus: list[GpuSpec]
 
 
@@ -86,6 +96,8 @@ class NodeSpec(Record):
 
 
 class Cluster(Contract):
+    """Cluster: nodes, each with a GPU type and count (or the shorthand 4x8xA100-80GB)."""
+
     nodes: list[NodeSpec] = Field(min_length=1)
     gpus: list[GpuSpec] = Field(default_factory=list, description="GPU specs overriding the catalog")
 
@@ -132,10 +144,10 @@ class WorkloadModel(Record):
 
 
 class TraceRow(Record):
-    arrival_s: float = Field(ge=0)
+    arrival_s: float = Field(ge=0, le=MAX_TIME_S, allow_inf_nan=False)
     model: str = Field(min_length=1)
-    prompt_tokens: int = Field(ge=1)
-    output_tokens: int = Field(ge=1)
+    prompt_tokens: int = Field(ge=1, le=MAX_TOKENS)
+    output_tokens: int = Field(ge=1, le=MAX_TOKENS)
 
 
 class Arrivals(Record):
@@ -144,9 +156,11 @@ class Arrivals(Record):
 
 
 class Workload(Contract):
+    """Workload: per served model a rate, length distributions and an SLO; optionally the materialised requests."""
+
     name: str = "workload"
     duration_s: float = Field(default=240.0, gt=0)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     arrivals: Arrivals = Arrivals()
     models: list[WorkloadModel] = Field(min_length=1)
     requests: list[TraceRow] | None = Field(default=None, description="materialised trace, if any")
@@ -166,6 +180,8 @@ class Workload(Contract):
 
 
 class Trace(Contract):
+    """Trace: request rows (arrival_s, model, prompt_tokens, output_tokens); also CSV or JSONL."""
+
     requests: list[TraceRow]
     source: str = ""
 
@@ -183,6 +199,8 @@ class ProfilePoint(Record):
 
 
 class Profile(Contract):
+    """Profile: measured prefill and decode latencies of one model on one GPU type."""
+
     gpu: str = Field(min_length=1)
     model: str = Field(min_length=1)
     dtype: Dtype = "bfloat16"
@@ -280,6 +298,8 @@ class Considered(Record):
 
 
 class Plan(Contract):
+    """Plan: the solver record, units (node, GPUs, models with SM shares and KV bytes) and unserved demand."""
+
     workload: str = ""
     cluster: Cluster
     cost_model: str = Field(default="", description="profile directory or analytic params used")

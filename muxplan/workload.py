@@ -19,12 +19,10 @@ import numpy as np
 
 from muxplan.catalog import get_model, model_catalog, num_params
 from muxplan.files import InputError, load_trace, parse_contract, read_mapping
-from muxplan.schema import Arrivals, LengthDist, Slo, Trace, TraceRow, Workload, WorkloadModel
+from muxplan.schema import MAX_RATE_RPS, MAX_TIME_S, MAX_TOKENS, Arrivals, LengthDist, Slo, Trace, TraceRow, Workload, WorkloadModel
 
 MAX_REQUESTS = 2_000_000
 """A spec expecting more requests than this is refused (it would not fit in memory as rows)."""
-MAX_TOKENS = 1 << 20
-"""Largest prompt/output length accepted in a length distribution."""
 EMPIRICAL_POINTS = 1000
 """Empirical length distributions keep at most this many quantile points of the observed values."""
 
@@ -187,7 +185,8 @@ def catalog_ref(name: str) -> str:
 
 def natural_key(name: str) -> list:
     """Sort key treating digit runs as numbers: llama-7b-2 < llama-7b-10 < llama-65b."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+    # digit runs compare by length then text (no int(): a 5000-digit run would exceed Python's int parsing limit)
+    return [(0, len(part.lstrip("0")), part.lstrip("0")) if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
 
 def workload_from_trace(trace: Trace, slo: Slo = Slo(), name: str = "trace", where: str = "", rows_field: str = "requests") -> Workload:
@@ -208,7 +207,10 @@ def workload_from_trace(trace: Trace, slo: Slo = Slo(), name: str = "trace", whe
     model = np.fromiter((index[r.model] for r in rows), dtype=np.int64, count=len(rows))
     if not np.isfinite(arrival).all():
         raise InputError(f"{where}: {rows_field}[{int(np.argmin(np.isfinite(arrival)))}].arrival_s: must be finite")
-    duration_s = max(float(arrival.max()), 1e-6)
+    duration_s = float(arrival.max())
+    span_problem = measured_span_problem(len(rows), duration_s)
+    if span_problem:
+        raise InputError(f"{where}: {rows_field}: {span_problem}")
     models = []
     for i, served in enumerate(names):
         try:
@@ -224,12 +226,25 @@ def workload_from_trace(trace: Trace, slo: Slo = Slo(), name: str = "trace", whe
     return Workload(name=name, duration_s=duration_s, arrivals=arrivals, models=models, requests=list(rows), source=trace.source)
 
 
+def measured_span_problem(num_requests: int, span_s: float) -> str:
+    """Why rates cannot be measured from requests spread over span_s seconds ('' if they can)."""
+    if span_s <= 0:
+        return (f"{num_requests} request(s) spanning 0 s: a rate cannot be measured "
+                "(need >= 2 requests at different times)")
+    if span_s > MAX_TIME_S:
+        return f"the requests span {span_s:.3g} s, more than {MAX_TIME_S:.0e} s"
+    if num_requests / span_s > MAX_RATE_RPS:
+        return (f"{num_requests} requests in {span_s:.3g} s is {num_requests / span_s:.3g} req/s, "
+                f"above {MAX_RATE_RPS:.0e}: the span is too short to measure a rate")
+    return ""
+
+
 def spec_problems(w: Workload, where: str = "") -> list[str]:
     """What a schema-valid workload can still get wrong: non-finite numbers, unknown models, huge sizes."""
     pre = f"{where}: " if where else ""
     problems = []
-    if not math.isfinite(w.duration_s):
-        problems.append(f"{pre}duration_s: must be finite")
+    if not w.duration_s <= MAX_TIME_S:
+        problems.append(f"{pre}duration_s: must be finite and at most {MAX_TIME_S:.0e} s")
     for i, m in enumerate(w.models):
         try:
             get_model(m.model)
@@ -237,6 +252,8 @@ def spec_problems(w: Workload, where: str = "") -> list[str]:
             problems.append(f"{pre}models[{i}].model: {exc}")
         if not math.isfinite(m.rate_rps):
             problems.append(f"{pre}models[{i}].rate_rps: must be finite")
+        elif m.rate_rps > MAX_RATE_RPS:
+            problems.append(f"{pre}models[{i}].rate_rps: at most {MAX_RATE_RPS:.0e} req/s")
         for key in ("prompt_tokens", "output_tokens"):
             d: LengthDist = getattr(m, key)
             if not math.isfinite(d.mean) or not math.isfinite(d.sigma) or d.sigma > 10:
@@ -249,11 +266,14 @@ def spec_problems(w: Workload, where: str = "") -> list[str]:
         expected = sum(m.rate_rps for m in w.models) * w.duration_s
         if expected > MAX_REQUESTS:
             problems.append(f"{pre}models: rates x duration_s expect {expected:.3g} requests; at most {MAX_REQUESTS:,}")
-    for i, r in enumerate(w.requests or []):
-        if not math.isfinite(r.arrival_s):
-            problems.append(f"{pre}requests[{i}].arrival_s: must be finite")
-            break
     return problems
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # too long for a path, or a NUL byte: not a file
+        return False
 
 
 def _resolve_config_paths(w: Workload, folder: Path) -> Workload:
@@ -261,7 +281,7 @@ def _resolve_config_paths(w: Workload, folder: Path) -> Workload:
     models = []
     for m in w.models:
         local = folder / m.model
-        if m.model not in model_catalog() and not Path(m.model).is_absolute() and local.exists():
+        if m.model not in model_catalog() and not Path(m.model).is_absolute() and _exists(local):
             m = m.model_copy(update={"model": str(local.resolve())})
         models.append(m)
     return w.model_copy(update={"models": models})
@@ -294,7 +314,7 @@ def load_workload(path: str | Path) -> Workload:
 
 def _reject_azure(path: Path) -> None:
     try:
-        with path.open() as f:
+        with path.open(encoding="utf-8-sig") as f:
             header = f.readline()
     except (OSError, UnicodeDecodeError):
         return  # load_trace reports it

@@ -5,9 +5,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from muxplan.catalog import get_gpu, get_model
-from muxplan.files import InputError
+from muxplan.files import InputError, load_contract
 from muxplan.schema import Cluster, PlacedModel, Plan, SolverRecord, Unit, Unserved, Workload
 from planner.estimator import SM_BUDGET_PCT, estimate_unit
 from planner.tables import Demand, Option
@@ -114,15 +115,19 @@ def build_plan(
 
 
 def check_plan(plan: Plan, workload: Workload | None = None) -> list[str]:
-    """Every violated constraint, one line each: GPU ranges and disjointness, mesh shape, memory, SM, routing."""
+    """Every violated constraint, one line each: unit ids, GPU ranges and disjointness, mesh shape, models, memory, SM, routing."""
     problems = []
     used: dict[tuple[int, int], int] = {}
     shares: dict[str, float] = {}
     names = {m.name for m in workload.models} if workload else None
-    for u in plan.units:
-        where = f"units[{u.id}]"
+    first_with_id: dict[int, int] = {}
+    for i, u in enumerate(plan.units):
+        where = f"units[{i}]"
+        if u.id in first_with_id:
+            problems.append(f"{where}.id: {u.id} is also the id of units[{first_with_id[u.id]}]")
+        first_with_id.setdefault(u.id, i)
         if u.node >= len(plan.cluster.nodes):
-            problems.append(f"{where}.node: {u.node} does not exist")
+            problems.append(f"{where}.node: {u.node} does not exist (the cluster has {len(plan.cluster.nodes)} nodes)")
             continue
         node = plan.cluster.nodes[u.node]
         n = len(u.gpu_ids)
@@ -133,21 +138,34 @@ def check_plan(plan: Plan, workload: Workload | None = None) -> list[str]:
         for g in u.gpu_ids:
             if not 0 <= g < node.num_gpus:
                 problems.append(f"{where}.gpu_ids: GPU {g} is not on node {u.node} ({node.num_gpus} GPUs)")
-            if (u.node, g) in used:
+            elif (u.node, g) in used:
                 problems.append(f"{where}.gpu_ids: GPU {g} of node {u.node} is also in units[{used[(u.node, g)]}]")
-            used[(u.node, g)] = u.id
+            used.setdefault((u.node, g), i)
         mem = 0
         for k, m in enumerate(u.models):
-            spec = get_model(m.model)
+            try:
+                spec = get_model(m.model)
+            except InputError as exc:
+                problems.append(f"{where}.models[{k}].model: {exc}")
+                continue
             mem += weight_bytes_per_gpu(spec, m.tp) + reserve_bytes(spec, m.tp, max_num_seqs=m.max_num_seqs) + m.kv_bytes
             if m.tp != n:
                 problems.append(f"{where}.models[{k}].tp: {m.tp} != mesh size {n}")
+            if m.kv_bytes <= 0:
+                problems.append(f"{where}.models[{k}].kv_bytes: must be > 0 to serve requests")
             if m.decode_sm_pct > m.prefill_sm_pct:
                 problems.append(f"{where}.models[{k}]: decode SM% {m.decode_sm_pct} above prefill SM% {m.prefill_sm_pct}")
             if names is not None and m.name not in names:
-                problems.append(f"{where}.models[{k}].name: '{m.name}' is not in the workload")
+                problems.append(f"{where}.models[{k}].name: '{m.name}' is not a model of workload '{workload.name}'")
             shares[m.name] = shares.get(m.name, 0.0) + m.routing_share
-        gpu = get_gpu(u.gpu, plan.cluster.gpus)
+        placed = [m.name for m in u.models]
+        if len(set(placed)) != len(placed):
+            problems.append(f"{where}.models: a model is placed twice on one unit ({', '.join(sorted({x for x in placed if placed.count(x) > 1}))})")
+        try:
+            gpu = get_gpu(u.gpu, plan.cluster.gpus)
+        except InputError as exc:
+            problems.append(f"{where}.gpu: {exc}")
+            continue
         if mem > usable_bytes(gpu):
             problems.append(f"{where}: memory {mem / 2**30:.1f} GiB > usable {usable_bytes(gpu) / 2**30:.1f} GiB per GPU")
         sm = sum(m.decode_sm_pct for m in u.models)
@@ -155,3 +173,12 @@ def check_plan(plan: Plan, workload: Workload | None = None) -> list[str]:
             problems.append(f"{where}: decode SM shares {sm}% > {SM_BUDGET_PCT}%")
     problems += [f"routing shares of '{name}' sum to {s:.3f} > 1" for name, s in shares.items() if s > 1 + 1e-4]
     return problems
+
+
+def load_plan(path: str | Path, workload: Workload | None = None) -> Plan:
+    """The one way a command reads a plan: schema, then every constraint of :func:`check_plan`; problems raise InputError."""
+    plan = load_contract(path, Plan)
+    problems = check_plan(plan, workload)
+    if problems:
+        raise InputError([f"{path}: {p}" for p in problems])
+    return plan

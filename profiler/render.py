@@ -1,8 +1,11 @@
 """Rich tables for profiles and calibration errors."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.table import Table
 
+from muxplan.files import atomic_path
 from muxplan.schema import Profile
 
 
@@ -34,29 +37,28 @@ def profile_tables(profile: Profile) -> list[Table]:
     return tables
 
 
-def plot_profile(profile: Profile, out: str) -> None:
-    """Latency vs batch for each SM% (one panel per phase), at the median measured token count."""
+def plot_profiles(profiles: list[Profile], out: str | Path) -> None:
+    """One PNG at ``out``: a row per profile, latency vs batch for each SM% (prefill, decode) at the median token count."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, phase in zip(axes, ("prefill", "decode")):
-        pts = [p for p in profile.points if p.phase == phase and p.tp == min(q.tp for q in profile.points)]
-        if not pts:
-            continue
-        tokens = sorted({p.tokens for p in pts})[len({p.tokens for p in pts}) // 2]
-        for sm in sorted({p.sm_pct for p in pts}):
-            line = sorted((p.batch, p.latency_ms) for p in pts if p.sm_pct == sm and p.tokens == tokens)
-            ax.plot([b for b, _ in line], [ms for _, ms in line], marker="o", label=f"{sm}% SMs")
-        ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="latency ms", title=f"{phase}, {tokens} tokens")
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{profile.model} on {profile.gpu}")
+    fig, grid = plt.subplots(len(profiles), 2, figsize=(11, 4 * len(profiles)), squeeze=False)
+    for profile, axes in zip(profiles, grid):
+        for ax, phase in zip(axes, ("prefill", "decode")):
+            pts = [p for p in profile.points if p.phase == phase and p.tp == min(q.tp for q in profile.points)]
+            if not pts:
+                ax.set_axis_off()
+                continue
+            tokens = sorted({p.tokens for p in pts})[len({p.tokens for p in pts}) // 2]
+            for sm in sorted({p.sm_pct for p in pts}):
+                line = sorted((p.batch, p.latency_ms) for p in pts if p.sm_pct == sm and p.tokens == tokens)
+                ax.plot([b for b, _ in line], [ms for _, ms in line], marker="o", label=f"{sm}% SMs")
+            ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="latency ms",
+                   title=f"{profile.model} on {profile.gpu}: {phase}, {tokens} tokens")
+            ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = f"{out}.tmp.png"
-    fig.savefig(tmp)
+    with atomic_path(out) as tmp:  # no half-written plot
+        fig.savefig(tmp)
     plt.close(fig)
-    import os
-
-    os.replace(tmp, out)  # atomic: no half-written plot

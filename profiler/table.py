@@ -10,15 +10,22 @@ only) answers for a share s with latency(100%) x 100 / s: the job gets that shar
 from __future__ import annotations
 
 import bisect
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
 
-from muxplan.files import InputError, load_contract
+from pydantic import ValidationError
+
+from muxplan.files import InputError, field_path, parse_contract, parse_text, read_text
 from muxplan.schema import GpuSpec, ModelSpec, Profile, ProfilePoint
 
 Key = tuple[str, str, int]  # (model, phase, tp)
+
+
+def _suggest(x: float, measured: list[float]) -> str:
+    """A point to measure so that x becomes interpolable: the power of two at or beyond x, away from the measured ones."""
+    at = 2 ** math.floor(math.log2(x)) if x < min(measured) else 2 ** math.ceil(math.log2(x))
+    return f"{at:g}" if at not in measured else f"{x:g}"
 
 
 def _interp_1d(xs: list[float], ys: list[float], x: float, extrapolate: bool, what: str) -> float:
@@ -26,11 +33,13 @@ def _interp_1d(xs: list[float], ys: list[float], x: float, extrapolate: bool, wh
     if len(xs) == 1:
         if math.isclose(x, xs[0]):
             return ys[0]
-        raise InputError(f"{what}: only one measured value ({xs[0]:g}), cannot interpolate to {x:g}")
+        raise InputError(f"{what}: only one measured value ({xs[0]:g}), cannot interpolate to {x:g}; "
+                         f"add a point at {what.rsplit(' ', 1)[-1]}={_suggest(x, xs)} to the profile")
     lx, ly = [math.log(v) for v in xs], [math.log(v) for v in ys]
     t = math.log(x)
     if (t < lx[0] - 1e-12 or t > lx[-1] + 1e-12) and not extrapolate:
-        raise InputError(f"{what}: {x:g} is outside the measured range {xs[0]:g}..{xs[-1]:g}")
+        raise InputError(f"{what}: {x:g} is outside the measured range {xs[0]:g}..{xs[-1]:g}; "
+                         f"add a point at {what.rsplit(' ', 1)[-1]}={_suggest(x, xs)} to the profile")
     i = min(max(bisect.bisect_right(lx, t) - 1, 0), len(lx) - 2)
     slope = (ly[i + 1] - ly[i]) / (lx[i + 1] - lx[i])
     if t < lx[0] or t > lx[-1]:
@@ -51,9 +60,11 @@ class ProfileTable:
 
     def _at_sm(self, sm: int, batch: float, tokens: float) -> float:
         rows = self.grid[sm]
-        batches = list(rows)
-        ys = [_interp_1d(list(rows[b]), list(rows[b].values()), tokens, self.extrapolate, f"{self.label} sm={sm} batch={b} tokens") for b in batches]
-        return _interp_1d(batches, ys, batch, self.extrapolate, f"{self.label} sm={sm} batch")
+        # a batch measured at one token count only (the largest batches, capped by prefill tokens) answers for
+        # that count alone; the other batches carry the surface there
+        usable = [b for b in rows if len(rows[b]) > 1 or math.isclose(next(iter(rows[b])), tokens)] or list(rows)[:1]
+        ys = [_interp_1d(list(rows[b]), list(rows[b].values()), tokens, self.extrapolate, f"{self.label} sm={sm} batch={b} tokens") for b in usable]
+        return _interp_1d(usable, ys, batch, self.extrapolate, f"{self.label} sm={sm} batch")
 
     def latency_ms(self, sm_pct: float, batch: float, tokens: float) -> float:
         sms = self.sms
@@ -64,7 +75,8 @@ class ProfileTable:
             return self._at_sm(int(sm_pct), batch, tokens)
         if not sms[0] <= sm_pct <= sms[-1]:
             if not self.extrapolate or len(sms) < 2:
-                raise InputError(f"{self.label}: sm_pct {sm_pct:g} is outside the measured range {sms[0]}..{sms[-1]}")
+                raise InputError(f"{self.label}: sm_pct {sm_pct:g} is outside the measured range {sms[0]}..{sms[-1]}; "
+                                 f"add points at sm_pct={sm_pct:g} (profile --sm)")
             lo, hi = (sms[0], sms[1]) if sm_pct < sms[0] else (sms[-2], sms[-1])
         else:
             hi = sms[bisect.bisect_right(sms, sm_pct)]
@@ -133,28 +145,29 @@ class TableCostModel:
 def reference_to_profiles(path: str | Path, gpu: str = "A100-80GB") -> list[Profile]:
     """Convert the MuxServe reference layout (model -> tp -> sm -> batch -> seq -> {prefill, decoding} ms; -1 = not measured)."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{p}: cannot read reference profile: {exc}") from None
+    data = parse_text(p, read_text(p), p.suffix.lower() in (".yaml", ".yml"))
     if not isinstance(data, dict):
         raise InputError(f"{p}: (root): expected model -> tp -> sm -> batch -> seq_len mapping")
     profiles = []
     for model, by_tp in data.items():
-        points = []
+        points, where = [], str(model)
         try:
             for tp, by_sm in by_tp.items():
                 for sm, by_batch in by_sm.items():
                     for batch, by_seq in by_batch.items():
                         for seq, values in by_seq.items():
+                            where = f"{model}.{tp}.{sm}.{batch}.{seq}"
                             for phase, name in (("prefill", "prefill"), ("decode", "decoding")):
                                 ms = values.get(name, -1)
                                 if ms is not None and ms > 0:
                                     points.append(ProfilePoint(phase=phase, tp=int(tp), sm_pct=int(sm), batch=int(batch), tokens=int(seq), latency_ms=float(ms)))
-        except (AttributeError, ValueError, TypeError) as exc:
-            raise InputError(f"{p}: {model}: malformed entry ({exc})") from None
-        if points:
-            profiles.append(Profile(gpu=gpu, model=model, dtype="float16", engine="muxserve-vllm-0.2 (reference)", points=points))
+            if points:
+                profiles.append(Profile(gpu=gpu, model=str(model), dtype="float16", engine="muxserve-vllm-0.2 (reference)", points=points))
+        except ValidationError as err:
+            e = err.errors()[0]
+            raise InputError(f"{p}: {where}: {field_path(e['loc'])}: {e['msg']}") from None
+        except (AttributeError, ValueError, TypeError, OverflowError) as exc:
+            raise InputError(f"{p}: {where}: malformed entry ({str(exc).splitlines()[0][:200]})") from None
     return profiles
 
 
@@ -168,7 +181,7 @@ def load_profiles(path: str | Path, gpu: str | None = None) -> list[Profile]:
         return [prof for f in files for prof in load_profiles(f, gpu)]
     if not p.is_file():
         raise InputError(f"{p}: no such profile file or directory")
-    head = p.read_text()[:4096]
-    if '"schema_version"' in head or "schema_version:" in head:
-        return [load_contract(p, Profile)]
+    data = parse_text(p, read_text(p), p.suffix.lower() in (".yaml", ".yml"))
+    if isinstance(data, dict) and "schema_version" in data:
+        return [parse_contract(p, data, Profile)]
     return reference_to_profiles(p, gpu or "A100-80GB")

@@ -91,9 +91,9 @@ def test_bad_azure_rows_one_line_each(tmp_path):
         read_azure_csv(bad)
     assert err.value.problems == [
         f"{bad}: rows[1].TIMESTAMP: 'yesterday' is not YYYY-MM-DD HH:MM:SS.fff",
-        f"{bad}: rows[1].ContextTokens: '-3' is not an integer >= 1",
-        f"{bad}: rows[1].GeneratedTokens: 'x' is not an integer >= 0",
-        f"{bad}: rows[2].ContextTokens: '0' is not an integer >= 1",
+        f"{bad}: rows[1].ContextTokens: '-3' is not an integer in 1..1048576",
+        f"{bad}: rows[1].GeneratedTokens: 'x' is not an integer in 0..1048576",
+        f"{bad}: rows[2].ContextTokens: '0' is not an integer in 1..1048576",
     ]
     bad.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.5,10,0\n2023-11-16 18:17:03.25,7,3\n")
     trace = read_azure_csv(bad)

@@ -118,7 +118,7 @@ def test_trace_missing_column_and_bad_value(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {t}: rows[1].prompt_tokens: Input should be greater than or equal to 1"
     t.write_text("arrival_s,model,prompt_tokens,output_tokens\n0.1,llama-7b,5,3\ninf,llama-7b,5,3\n")
     proc = run_cli("workload", "show", t)
-    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {t}: rows[1].arrival_s: must be finite"
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {t}: rows[1].arrival_s: Input should be a finite number"
     empty = tmp_path / "t.json"
     empty.write_text('{"schema_version": 1, "requests": []}')
     proc = run_cli("workload", "show", empty)

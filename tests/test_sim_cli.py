@@ -50,7 +50,7 @@ def test_simulate_bad_input_names_the_field(tmp_path):
     plan, workload = _files(tmp_path, names=("a", "c"))
     proc = _run(str(plan), "--workload", str(workload))
     assert proc.returncode == 2
-    assert "error: plan: units[0].models[1].name: 'b' is not a model of workload" in proc.stderr
+    assert f"error: {plan}: units[0].models[1].name: 'b' is not a model of workload" in proc.stderr
     assert "Traceback" not in proc.stderr
     proc = _run(str(plan), "--workload", str(workload), "--policy", "lifo")
     assert proc.returncode == 2 and "policy: unknown 'lifo'" in proc.stderr

@@ -122,18 +122,21 @@ def check(
 
 @app.command("show")
 def show(
-    file: Annotated[Path, typer.Argument(help="Profile file (ours or the reference format).")],
-    plot: Annotated[Optional[Path], typer.Option(help="Write latency-vs-batch plots to this PNG.")] = None,
+    file: Annotated[Path, typer.Argument(help="Profile file or folder (ours or the reference format).")],
+    plot: Annotated[Optional[Path], typer.Option(help="Write latency-vs-batch plots to this one PNG (a row per model).")] = None,
 ) -> None:
     """Render a profile as tables (and optionally a plot)."""
     from muxplan.render import console
-    from profiler.render import plot_profile, profile_tables
+    from profiler.render import plot_profiles, profile_tables
     from profiler.table import load_profiles
 
-    for prof in load_profiles(file):
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise InputError(f"--plot {plot}: must end in .png")
+    profiles = load_profiles(file)
+    con = console()
+    for prof in profiles:
         for table in profile_tables(prof):
-            console().print(table)
-        if plot:
-            target = plot if len(load_profiles(file)) == 1 else plot.with_name(f"{plot.stem}-{prof.model}{plot.suffix}")
-            plot_profile(prof, str(target))
-            typer.echo(f"wrote {target}")
+            con.print(table)
+    if plot is not None:
+        plot_profiles(profiles, plot)
+        typer.echo(f"wrote {plot}")

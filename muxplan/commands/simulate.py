@@ -24,29 +24,31 @@ def simulate(
     params: Annotated[Optional[Path], typer.Option(help="Fitted roofline parameters JSON for the cost model.")] = None,
 ) -> None:
     """Replay a plan on a trace and report SLO attainment and throughput."""
-    from rich.console import Console
-
-    from muxplan.files import InputError, load_contract
-    from muxplan.schema import Plan
+    from muxplan.commands.options import check_numbers
+    from muxplan.files import InputError, atomic_path
+    from muxplan.render import console
     from muxplan.workload import load_workload
+    from planner.placement import load_plan
     from planner.sim import comparison, records, render
     from planner.sim.trace import build_request_table
     from profiler.cost_model import load_cost_model
 
     if records_format not in ("csv", "parquet"):
         raise InputError(f"--records-format: '{records_format}' is not csv or parquet")
-    if rate_scale <= 0:
-        raise InputError(f"--rate-scale: must be > 0, got {rate_scale}")
-    the_plan = load_contract(plan, Plan)
+    check_numbers(rate_scale=(rate_scale, 0, True), slo_scale=(slo_scale, 0, True), seed=(seed, 0, False))
     the_workload = load_workload(workload)
+    the_plan = load_plan(plan, the_workload)
     cost = load_cost_model(profile, params)
     entries = [c.strip() for c in compare.split(",") if c.strip()]
-    runs = comparison.resolve_runs(the_plan, plan.stem, policy, entries, the_workload, cost)
-    table = build_request_table(the_workload)
+    for entry in entries:  # plan files given to --compare pass the same checker
+        if Path(entry).suffix.lower() in (".json", ".yaml", ".yml") or Path(entry).exists():
+            load_plan(entry, the_workload)
     k = slo_scale if slo_scale is not None else the_workload.models[0].slo.scale
-    err = Console(stderr=True)
-    with render.progress_bar(err) as bar:
-        task = bar.add_task("simulating", total=1.0, note="")
+    with render.progress_bar(console(stderr=True)) as bar:
+        task = bar.add_task("preparing", total=None, note="baseline plans and requests")
+        runs = comparison.resolve_runs(the_plan, plan.stem, policy, entries, the_workload, cost)
+        table = build_request_table(the_workload)
+        bar.update(task, description="simulating", total=1.0, completed=0.0, note="")
 
         def on_step(label: str, note: str) -> None:
             bar.update(task, description=label, note=note)
@@ -55,6 +57,10 @@ def simulate(
             bar.update(task, completed=min(now / horizon, 1.0))
 
         outcomes = comparison.run_all(runs, the_workload, table, cost, k, rate_scale, max_rate, seed, on_step, on_progress)
+        probes = {}
+        for i, o in enumerate(outcomes if plot is not None else []):
+            bar.update(task, description=o.run.label, note="throughput vs rate for --plot", completed=i / len(outcomes))
+            probes[o.run.label] = comparison.rate_probes(o, the_workload, table, cost, seed)
     data = {"plan": str(plan), "workload": str(workload), "num_requests": table.num_requests,
             "runs": [comparison.outcome_dict(o) for o in outcomes]}
     if out is not None:
@@ -64,18 +70,19 @@ def simulate(
     if plot is not None:
         from planner.sim import plots
 
-        plot.mkdir(parents=True, exist_ok=True)
-        plots.plot_attainment({o.run.label: o.curve for o in outcomes}, plot / "slo_attainment.png")
-        plots.plot_throughput_vs_rate({o.run.label: comparison.rate_probes(o, the_workload, table, cost, seed) for o in outcomes},
-                                      plot / "throughput_vs_rate.png")
+        with atomic_path(plot / "slo_attainment.png") as tmp:
+            plots.plot_attainment({o.run.label: o.curve for o in outcomes}, tmp)
+        with atomic_path(plot / "throughput_vs_rate.png") as tmp:
+            plots.plot_throughput_vs_rate(probes, tmp)
         for o in outcomes:
-            plots.plot_usage(o.result, plot / f"usage_{o.run.label}.png")
+            with atomic_path(plot / f"usage_{o.run.label}.png") as tmp:
+                plots.plot_usage(o.result, tmp)
     if json_output:
         typer.echo(records.summary_json(data))
         return
-    console = Console()
+    con = console()
     for o in outcomes:
-        console.print(render.summary_table(o.summary, f"{o.run.label}: rate x{rate_scale:g}, SLO scale {k:g}"))
-    console.print(render.attainment_table({o.run.label: o.curve for o in outcomes}))
+        con.print(render.summary_table(o.summary, f"{o.run.label}: rate x{rate_scale:g}, SLO scale {k:g}"))
+    con.print(render.attainment_table({o.run.label: o.curve for o in outcomes}))
     if len(outcomes) > 1 or max_rate:
-        console.print(render.compare_table([(o.run.label, o.summary, o.capacity) for o in outcomes]))
+        con.print(render.compare_table([(o.run.label, o.summary, o.capacity) for o in outcomes]))

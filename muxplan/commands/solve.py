@@ -27,32 +27,40 @@ def solve(
 ) -> None:
     """Compute a placement plan for a workload on a cluster."""
     from muxplan.cluster import load_cluster
+    from muxplan.commands.options import check_numbers
     from muxplan.files import InputError, save_contract
-    from muxplan.render import console
+    from muxplan.render import console, progress_bar
     from muxplan.workload import load_workload
     from planner.placement import check_plan
     from planner.report import headline, plan_tables
     from planner.solve import solve_and_compare
     from profiler.cost_model import load_cost_model
 
+    check_numbers(time_limit=(time_limit, 0, True), seed=(seed, 0, False), slo_scale=(slo_scale, 0, True))
     w, c = load_workload(workload), load_cluster(cluster)
     cost_model = load_cost_model(profile, params)
     label = str(profile) if profile else (f"roofline:{params}" if params else "roofline:shipped")
     if evaluate not in ("none", "sim"):
         raise InputError(f"--evaluate: '{evaluate}' is not none or sim")
     verdicts = None
-    if evaluate == "sim":
-        from muxplan.schema import Considered
-        from planner.sim.evaluate import choose_by_simulation
-        from planner.solve import SOLVERS
+    with progress_bar() as bar:
+        task = bar.add_task(f"solving ({solver})", total=None, note=f"time limit {time_limit:g} s" if solver == "exact" else "")
+        if evaluate == "sim":
+            from muxplan.schema import Considered
+            from planner.sim.evaluate import choose_by_simulation
+            from planner.solve import SOLVERS
 
-        plans = {m: solve_and_compare(m, w, c, cost_model, label, objective, time_limit, seed, backend, compare=False) for m in SOLVERS}
-        solver, verdicts = choose_by_simulation(plans, w, cost_model, slo_scale, seed)
-        considered = [Considered(method=m, value=p.solver.value, served_rps=p.served_rps, num_gpus_used=p.num_gpus_used,
-                                 seconds=p.solver.seconds, gap=p.solver.gap, chosen=m == solver) for m, p in plans.items()]
-        plan = plans[solver].model_copy(update={"considered": considered})
-    else:
-        plan = solve_and_compare(solver, w, c, cost_model, label, objective, time_limit, seed, backend, compare, verify)
+            plans = {}
+            for i, m in enumerate(SOLVERS):
+                bar.update(task, description=f"solving ({m})", total=len(SOLVERS) + 1, completed=i)
+                plans[m] = solve_and_compare(m, w, c, cost_model, label, objective, time_limit, seed, backend, compare=False)
+            bar.update(task, description="simulating the candidate plans", completed=len(SOLVERS))
+            solver, verdicts = choose_by_simulation(plans, w, cost_model, slo_scale, seed)
+            considered = [Considered(method=m, value=p.solver.value, served_rps=p.served_rps, num_gpus_used=p.num_gpus_used,
+                                     seconds=p.solver.seconds, gap=p.solver.gap, chosen=m == solver) for m, p in plans.items()]
+            plan = plans[solver].model_copy(update={"considered": considered})
+        else:
+            plan = solve_and_compare(solver, w, c, cost_model, label, objective, time_limit, seed, backend, compare, verify)
     problems = check_plan(plan, w)
     if problems:
         raise RuntimeError("internal error: the plan violates constraints: " + "; ".join(problems))

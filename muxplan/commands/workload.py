@@ -1,12 +1,12 @@
 """`muxplan workload`: synthesise, import and summarise multi-model workloads."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from muxplan.commands.options import check_numbers
 from muxplan.files import InputError
 
 app = typer.Typer(help="Synthesise, import and summarise multi-model workloads.", no_args_is_help=True)
@@ -23,19 +23,6 @@ def _save(workload, out: Path) -> None:
         save_trace(out, Trace(requests=workload.requests, source=workload.source))
     else:
         save_contract(out, workload)
-
-
-def _check_numbers(**named: tuple[float | None, float, bool]) -> None:
-    """Each option: (value, bound, strict); must be finite and > bound (strict) or >= bound."""
-    problems = []
-    for option, (value, bound, strict) in named.items():
-        if value is None:
-            continue
-        ok = math.isfinite(value) and (value > bound if strict else value >= bound)
-        if not ok:
-            problems.append(f"--{option.replace('_', '-')}: must be a finite number {'>' if strict else '>='} {bound:g}, got {value}")
-    if problems:
-        raise InputError(problems)
 
 
 def _check_out(out: Path) -> None:
@@ -74,7 +61,7 @@ def synth(
         raise InputError(f"--arrivals: '{arrivals}' is not one of poisson, gamma")
     if top_rate is not None and total_rate is not None:
         raise InputError("--top-rate and --total-rate: give one, not both")
-    _check_numbers(alpha=(alpha, 0, False), top_rate=(top_rate, 0, False), total_rate=(total_rate, 0, False),
+    check_numbers(seed=(seed, 0, False), alpha=(alpha, 0, False), top_rate=(top_rate, 0, False), total_rate=(total_rate, 0, False),
                    rate_scale=(rate_scale, 0, True), duration=(duration, 0, True), cv=(cv, 0, True),
                    prompt_mean=(prompt_mean, 0, True), output_mean=(output_mean, 0, True),
                    length_sigma=(length_sigma, 0, False), slo_scale=(slo_scale, 0, True))
@@ -111,7 +98,7 @@ def import_trace(
     from muxplan.workload import parse_model_counts
 
     _check_out(out)
-    _check_numbers(alpha=(alpha, 0, False), slo_scale=(slo_scale, 0, True))
+    check_numbers(seed=(seed, 0, False), alpha=(alpha, 0, False), slo_scale=(slo_scale, 0, True))
     counts = parse_model_counts(models)
     workload = import_azure(file, counts, alpha, seed, popularity_order, order.split(",") if order else None, Slo(scale=slo_scale))
     _save(workload, out)
