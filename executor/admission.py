@@ -3,15 +3,27 @@
 Quotas start at the plan's sequence quota (sum of max_num_seqs over a model's replicas). Every
 ``period_s`` the policy looks at each model's peak in-flight requests over the period: models at >= 90%
 of their quota take 10% more, paid by models with slack in proportion to their slack, so the total
-stays constant (DESIGN §3, step 4). The router (mechanism) only asks ``admit``/``release``.
+stays constant (DESIGN §3, step 4). The router (mechanism) only asks ``admit``/``release``, or waits
+for a slot in a bounded per-model queue with ``slot`` (one context that always gives the slot back).
 """
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 HOT_UTILISATION = 0.9
 STEP = 0.10
+
+
+class QueueFull(Exception):
+    """The model's queue of waiting requests is at its bound (-> 429)."""
+
+
+class QueueTimeout(Exception):
+    """A queued request waited longer than the queue timeout (-> 504)."""
 
 
 @dataclass
@@ -21,6 +33,7 @@ class Admission:
     in_flight: dict[str, int] = field(default_factory=dict)
     peak: dict[str, int] = field(default_factory=dict)
     last_adapt: float = field(default_factory=time.monotonic)
+    waiters: dict[str, deque] = field(default_factory=dict)
 
     def admit(self, model: str) -> bool:
         self._maybe_adapt()
@@ -31,7 +44,50 @@ class Admission:
         return True
 
     def release(self, model: str) -> None:
+        """Hand the slot to the oldest waiter if there is one (in flight stays), else free it."""
+        q = self.waiters.get(model)
+        while q:
+            fut = q.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
         self.in_flight[model] -= 1
+
+    async def acquire(self, model: str, queue_depth: int, timeout_s: float) -> None:
+        """A slot now, or after waiting in the model's queue (at most ``queue_depth`` waiting, ``timeout_s`` each)."""
+        if self.admit(model):
+            return
+        q = self.waiters.setdefault(model, deque())
+        if sum(not f.done() for f in q) >= queue_depth:
+            raise QueueFull
+        fut = asyncio.get_running_loop().create_future()
+        q.append(fut)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(fut)
+        except BaseException as exc:
+            if fut.done() and not fut.cancelled():
+                self.release(model)  # granted while we gave up: pass it on
+            else:
+                fut.cancel()
+            if isinstance(exc, TimeoutError):
+                raise QueueTimeout from None
+            raise
+        finally:
+            if fut in q:
+                q.remove(fut)
+
+    @asynccontextmanager
+    async def slot(self, model: str, queue_depth: int = 0, timeout_s: float = 0.0):
+        """Hold one admission slot for the body of the ``async with``; released on every exit path."""
+        await self.acquire(model, queue_depth, timeout_s)
+        try:
+            yield
+        finally:
+            self.release(model)
+
+    def queued(self, model: str) -> int:
+        return sum(not f.done() for f in self.waiters.get(model, ()))
 
     def _maybe_adapt(self) -> None:
         now = time.monotonic()
