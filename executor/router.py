@@ -119,6 +119,7 @@ class Router:
             while True:
                 msg = await receive()
                 if msg["type"] == "lifespan.startup":
+                    self.upstream.ensure()  # the prober starts with the server, not with the first request
                     await send({"type": "lifespan.startup.complete"})
                 else:
                     await self.upstream.close()
