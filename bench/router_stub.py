@@ -59,7 +59,7 @@ def create_stub(models: list[str], name: str, token: str | None, context_tokens:
         if stub.get("status"):
             state["in_flight"] -= 1
             return JSONResponse({"error": {"message": "stub failure", "code": stub["status"]}}, status_code=stub["status"])
-        n = body.get("max_tokens") or 1
+        n = body.get("max_completion_tokens") or body.get("max_tokens") or 1
         kind = "chat.completion" if chat else "text_completion"
         if not body.get("stream"):
             state["in_flight"] -= 1

@@ -9,6 +9,7 @@ the prompt by a lower bound (token ids are counted; text counts at least one tok
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 MAX_CHARS_PER_TOKEN = 32  # longer than the longest token of common vocabularies: the bound never over-counts
@@ -34,9 +35,16 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"{literal[:40]} is out of range")
+    return value
+
+
 def _loads(body: bytes):
     try:
-        return json.loads(body, parse_constant=_no_constants)
+        return json.loads(body, parse_constant=_no_constants, parse_float=_finite)
     except RecursionError:
         raise RequestError(400, "request body must be JSON: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -72,14 +80,16 @@ def _messages_tokens(messages) -> int:
 
 
 def _max_tokens(body: dict) -> int | None:
-    for name in ("max_completion_tokens", "max_tokens"):
+    """``max_completion_tokens`` wins over ``max_tokens`` (as in OpenAI's API); both must be positive integers."""
+    found = None
+    for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise RequestError(400, f"field '{name}' must be a positive integer")
-        return value
-    return None
+        found = value
+    return found
 
 
 def parse_request(body: bytes, chat: bool) -> Parsed:

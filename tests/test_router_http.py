@@ -128,6 +128,7 @@ def test_bounds_give_413_and_400_naming_the_limit(router):
     (b'{"model": "a", "prompt": "Hi", "temperature": NaN}', "request body must be JSON: NaN is not valid JSON"),
     (b'{"model": "a", "prompt": "Hi", "top_p": Infinity}', "request body must be JSON: Infinity is not valid JSON"),
     (b'{"model": "a", "prompt": "Hi", "seed": -Infinity}', "request body must be JSON: -Infinity is not valid JSON"),
+    (b'{"model": "a", "prompt": "Hi", "temperature": 1e999}', "request body must be JSON: 1e999 is out of range"),
     (b"[" * 100_000 + b"]" * 100_000, "request body must be JSON: nested too deeply"),
     (b'{"model": "a", "stream": "yes"}', "field 'stream' must be true or false"),
     (b'{"model": 7}', "field 'model' is required"),
