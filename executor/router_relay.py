@@ -13,10 +13,9 @@ import asyncio
 import json
 import time
 
-import aiohttp
-
 from executor.admission import QueueFull, QueueTimeout
 from executor.router import respond, respond_error
+from executor.router_http import UpstreamError
 from executor.router_request import RequestError
 
 CLIENT_GONE = 499  # nginx's status for a client that closed the connection (counted only, never sent)
@@ -79,11 +78,11 @@ class Relay:
         m = self.metrics.per_model[model]
         m["latency"].observe(time.perf_counter() - start)
         try:
-            ctype = resp.headers.get("Content-Type", "application/json")
+            ctype = resp.content_type or "application/json"
             if not ctype.startswith("text/event-stream"):
                 try:
                     data = await resp.read()
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                except UpstreamError:
                     self.upstream.mark_down(replica)
                     raise RequestError(503, f"model '{model}': backend failed before its response was complete", retry_after_s=5) from None
                 m["response_bytes"].observe(len(data))
@@ -104,7 +103,7 @@ class Relay:
         tail = b""
         error = None
         try:
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.chunks():
                 last = time.perf_counter()
                 if first is None:
                     first = last
@@ -115,7 +114,7 @@ class Relay:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if not tail.rstrip().endswith(b"[DONE]"):
                 error = f"model '{model}': the backend ended the stream early"
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        except UpstreamError:
             self.upstream.mark_down(replica)
             error = f"model '{model}': the backend failed mid-stream"
         if error:
