@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 HOT_UTILISATION = 0.9
@@ -53,10 +52,8 @@ class Admission:
                 return
         self.in_flight[model] -= 1
 
-    async def acquire(self, model: str, queue_depth: int, timeout_s: float) -> None:
-        """A slot now, or after waiting in the model's queue (at most ``queue_depth`` waiting, ``timeout_s`` each)."""
-        if self.admit(model):
-            return
+    async def wait(self, model: str, queue_depth: int, timeout_s: float) -> None:
+        """A slot after waiting in the model's queue (at most ``queue_depth`` waiting, ``timeout_s`` each)."""
         q = self.waiters.setdefault(model, deque())
         if sum(not f.done() for f in q) >= queue_depth:
             raise QueueFull
@@ -77,14 +74,9 @@ class Admission:
             if fut in q:
                 q.remove(fut)
 
-    @asynccontextmanager
-    async def slot(self, model: str, queue_depth: int = 0, timeout_s: float = 0.0):
-        """Hold one admission slot for the body of the ``async with``; released on every exit path."""
-        await self.acquire(model, queue_depth, timeout_s)
-        try:
-            yield
-        finally:
-            self.release(model)
+    def slot(self, model: str, queue_depth: int = 0, timeout_s: float = 0.0) -> "Slot":
+        """``async with`` holds one admission slot for its body; released on every exit path."""
+        return Slot(self, model, queue_depth, timeout_s)
 
     def queued(self, model: str) -> int:
         return sum(not f.done() for f in self.waiters.get(model, ()))
@@ -112,3 +104,19 @@ class Admission:
             for k, m in enumerate(sorted(hot)):
                 self.quotas[m] += taken // len(hot) + (1 if k < taken % len(hot) else 0)
         self.peak = dict(self.in_flight)
+
+
+class Slot:
+    """Admission as an async context (a class, not a generator: it runs on every request)."""
+
+    __slots__ = ("adm", "model", "queue_depth", "timeout_s")
+
+    def __init__(self, adm: Admission, model: str, queue_depth: int, timeout_s: float):
+        self.adm, self.model, self.queue_depth, self.timeout_s = adm, model, queue_depth, timeout_s
+
+    async def __aenter__(self) -> None:
+        if not self.adm.admit(self.model):
+            await self.adm.wait(self.model, self.queue_depth, self.timeout_s)
+
+    async def __aexit__(self, *exc) -> None:
+        self.adm.release(self.model)

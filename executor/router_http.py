@@ -147,6 +147,11 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 class Pool:
     def __init__(self, connect_timeout_s: float):
         self.connect_timeout_s = connect_timeout_s
@@ -176,14 +181,15 @@ class Pool:
         response headers are in. A reused connection found dead before any response byte is retried once fresh."""
         key = (host, port)
         conn = self._reuse(key)
+        loop = asyncio.get_running_loop()
         for fresh in (conn is None, True):
             if fresh:
                 conn = await self._connect(key)
-            conn.headers_done = asyncio.get_running_loop().create_future()
+            done = conn.headers_done = loop.create_future()
+            timer = loop.call_later(timeout_s, _expire, done)  # cheaper than asyncio.timeout on the hot path
             conn.transport.writelines((head, body)) if body else conn.transport.write(head)
             try:
-                async with asyncio.timeout(timeout_s):
-                    status = await conn.headers_done
+                status = await done
             except UpstreamError as exc:
                 if fresh or not exc.before_response:
                     raise
@@ -191,6 +197,8 @@ class Pool:
             except BaseException:
                 conn.abort()
                 raise
+            finally:
+                timer.cancel()
             return Response(status, conn.content_type.decode("latin-1"), conn)
         raise AssertionError("unreachable")
 
