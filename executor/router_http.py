@@ -33,6 +33,12 @@ class Response:
         self._done = False
 
     async def read(self) -> bytes:
+        c = self._conn
+        if c.complete:  # the usual case for short answers: all of it came with the headers
+            data = b"".join(c.body)
+            self._done = True
+            c.finish()
+            return data
         chunks = []
         async for chunk in self.chunks():
             chunks.append(chunk)
@@ -138,8 +144,9 @@ class Connection(asyncio.Protocol):
             self.reset()
             self.idle_since = time.monotonic()
             self.pool.idle.setdefault(self.key, []).append(self)
-        else:
-            self.abort()
+        elif not self.closed:
+            self.closed = True
+            self.transport.close()
 
     def abort(self) -> None:
         if not self.complete and not self.closed:
