@@ -28,7 +28,15 @@ from muxplan.files import write_text_atomic  # noqa: E402
 
 BODY = json.dumps({"model": "stub", "prompt": "Hello there", "max_tokens": 1}).encode()
 STREAM_BODY = json.dumps({"model": "stub", "prompt": "Hello there", "max_tokens": 4, "stream": True}).encode()
-ROUNDS = 5
+ROUNDS = 10
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_S
 
 
 def free_port() -> int:
@@ -117,13 +125,14 @@ async def concurrent_openai(url: str, n: int, concurrency: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-async def measure(urls: dict[str, str], n: int) -> dict:
+async def measure(urls: dict[str, str], n: int, router_pid: int) -> dict:
     import aiohttp
 
     lat = {k: [] for k in urls}
     ttfb = {k: [] for k in urls}
     rps = {k: [] for k in urls}
     rps_openai = {k: [] for k in urls}
+    router_cpu_s = 0.0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
         for url in urls.values():
             await sequential(session, url + "/v1/completions", 200, BODY)  # warm-up
@@ -131,11 +140,16 @@ async def measure(urls: dict[str, str], n: int) -> dict:
             for k, url in urls.items():
                 lat[k] += await sequential(session, url + "/v1/completions", n // ROUNDS, BODY)
                 ttfb[k] += await sequential(session, url + "/v1/completions", n // (2 * ROUNDS), STREAM_BODY, first_byte=True)
+                before = cpu_s(router_pid)
                 rps[k].append(await concurrent(session, url + "/v1/completions", 2 * n // ROUNDS, 8))
+                if k == "router":
+                    router_cpu_s += cpu_s(router_pid) - before
                 rps_openai[k].append(await concurrent_openai(url, n // ROUNDS, 8))
     return {k: {"p50_ms": pct(lat[k], 50), "p99_ms": pct(lat[k], 99), "rps_c8": sorted(rps[k])[len(rps[k]) // 2],
                 "rps_c8_openai": sorted(rps_openai[k])[len(rps_openai[k]) // 2],
-                "ttfb_p50_ms": pct(ttfb[k], 50), "ttfb_p99_ms": pct(ttfb[k], 99)} for k in urls}
+                "ttfb_p50_ms": pct(ttfb[k], 50), "ttfb_p99_ms": pct(ttfb[k], 99)} for k in urls} | {
+        "router_cpu_us_per_request": router_cpu_s / (2 * n // ROUNDS * ROUNDS) * 1e6,
+        "paired_rps_ratio_median": sorted(r / d for r, d in zip(rps["router"], rps["direct"]))[ROUNDS // 2]}
 
 
 def main() -> None:
@@ -153,14 +167,18 @@ def main() -> None:
     try:
         wait_up(f"http://127.0.0.1:{stub_port}/health")
         wait_up(f"http://127.0.0.1:{router_port}/health")
-        res = asyncio.run(measure({"direct": f"http://127.0.0.1:{stub_port}", "router": f"http://127.0.0.1:{router_port}"}, args.requests))
+        res = asyncio.run(measure({"direct": f"http://127.0.0.1:{stub_port}", "router": f"http://127.0.0.1:{router_port}"}, args.requests,
+                                  procs[1].pid))
     finally:
         for p in procs:
             p.terminate()
             p.wait(timeout=30)
+    cpu_us, paired = res.pop("router_cpu_us_per_request"), res.pop("paired_rps_ratio_median")
     d, r = res["direct"], res["router"]
     added = {"p50_ms": r["p50_ms"] - d["p50_ms"], "p99_ms": r["p99_ms"] - d["p99_ms"], "ttfb_p50_ms": r["ttfb_p50_ms"] - d["ttfb_p50_ms"],
-             "rps_ratio": r["rps_c8"] / d["rps_c8"], "rps_ratio_openai": r["rps_c8_openai"] / d["rps_c8_openai"]}
+             "rps_ratio": r["rps_c8"] / d["rps_c8"], "rps_ratio_paired_median": paired,
+             "rps_ratio_openai": r["rps_c8_openai"] / d["rps_c8_openai"], "router_cpu_us_per_request": cpu_us,
+             "router_one_core_rps": 1e6 / cpu_us}
     print(f"router overhead vs a FastAPI stub ({args.requests} req at c=1 per path, {2 * args.requests} at c=8, {os.cpu_count()} CPUs)")
     print(f"{'path':<8}{'p50 ms':>9}{'p99 ms':>9}{'req/s c=8':>11}{'(openai)':>10}{'TTFB p50':>10}{'TTFB p99':>10}")
     for k, v in res.items():
@@ -168,6 +186,8 @@ def main() -> None:
               f"{v['ttfb_p99_ms']:>10.2f}")
     print(f"{'added':<8}{added['p50_ms']:>9.2f}{added['p99_ms']:>9.2f}{added['rps_ratio']:>10.0%} {added['rps_ratio_openai']:>9.0%}"
           f"{added['ttfb_p50_ms']:>10.2f}")
+    print(f"c=8 router/direct req/s, median of {ROUNDS} paired rounds: {paired:.0%}; router CPU {cpu_us:.0f} us per request "
+          f"(= {1e6 / cpu_us:.0f} req/s on a core of its own)")
     write_text_atomic(args.out, json.dumps({**res, "added": added, "requests": args.requests, "cpus": os.cpu_count()}, indent=1))
 
 

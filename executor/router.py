@@ -60,7 +60,11 @@ class RouterState:
 
     def pick(self, model: str, exclude: list[Replica] = ()) -> Replica | None:
         """Smooth weighted round robin over routable replicas (deterministic, proportional to shares)."""
-        live = [r for r in self.replicas[model] if r.healthy and not r.failed and r not in exclude]
+        reps = self.replicas[model]
+        if len(reps) == 1:  # the common case needs no arithmetic
+            r = reps[0]
+            return r if r.healthy and not r.failed and r not in exclude else None
+        live = [r for r in reps if r.healthy and not r.failed and r not in exclude]
         if not live:
             return None
         total = sum(r.share for r in live)

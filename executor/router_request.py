@@ -42,9 +42,12 @@ def _finite(literal: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite)  # json.loads with hooks builds one per call
+
+
 def _loads(body: bytes):
     try:
-        return json.loads(body, parse_constant=_no_constants, parse_float=_finite)
+        return _DECODER.decode(body.decode())  # JSON over HTTP is UTF-8 (RFC 8259)
     except RecursionError:
         raise RequestError(400, "request body must be JSON: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
