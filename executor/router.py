@@ -17,7 +17,8 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from executor.admission import Admission, QueueFull, QueueTimeout
+from executor.admission import Admission
+from executor.router_metrics import INVALID, UNKNOWN, RouterMetrics
 from executor.router_request import RequestError, check_context, parse_request
 
 GENERATE = {"/v1/completions": False, "/v1/chat/completions": True}  # path -> chat
@@ -106,8 +107,7 @@ class Router:
     """The ASGI app. ``state`` is shared with the supervisor, which reports health through it."""
 
     def __init__(self, state: RouterState):
-        from executor.router_metrics import RouterMetrics
-        from executor.router_relay import Relay
+        from executor.router_relay import Relay  # it imports respond() from here
         from executor.router_upstream import Upstream
 
         self.state = state
@@ -188,16 +188,12 @@ class Router:
             if not msg.get("more_body") or size > DRAIN_MAX_BYTES:
                 break
         if size > limit:
-            from executor.router_metrics import INVALID
-
             self.metrics.count(INVALID, 413)
             await respond_error(send, 413, f"request body is larger than the {limit}-byte limit")
             return None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def generate(self, scope, receive, send, path: str):
-        from executor.router_metrics import INVALID, UNKNOWN
-
         start = time.perf_counter()
         body = await self.read_body(scope, receive, send)
         if body is None:
