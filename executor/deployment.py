@@ -28,7 +28,7 @@ def router_state(plan: Plan, procs: list[ProcessSpec], api_key: str | None, host
                 replicas.setdefault(m.name, []).append(Replica(m.name, f"http://{(hosts or {}).get(p.name, '127.0.0.1')}:{p.port}", m.routing_share, p.unit, p.name))
                 quotas[m.name] = quotas.get(m.name, 0) + (ENGINE_MAX_QUEUE if backend == "engine" else m.max_num_seqs)
                 predicted[m.name] = predicted.get(m.name, 0.0) + m.predicted_rps
-    return RouterState(replicas, Admission(quotas), predicted, api_key)
+    return RouterState(replicas, Admission(quotas), predicted, api_key, backend_token=os.environ.get(TOKEN_ENV))
 
 
 def check_loadable(plan: Plan, plan_path: Path, backend: str = "vllm") -> None:

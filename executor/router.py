@@ -1,15 +1,40 @@
 """The front door: one OpenAI-compatible endpoint routing by `model` to the plan's replicas.
 
 Replicas of a model get requests in proportion to their routing shares (smooth weighted round robin
-over the healthy ones). Unknown model -> 404 listing the served models; no healthy replica -> 503 with
-Retry-After for that model only; over the admission quota -> 429 with Retry-After.
+over the routable ones: healthy by the supervisor's checks and not marked down by a failed request).
+Unknown model -> 404 listing the served models; no routable replica -> 503 with Retry-After for that
+model only; over the admission quota a request waits in a bounded per-model queue (full -> 429, waited
+past the queue timeout -> 504, both with Retry-After); bodies over the size limit -> 413; lengths that
+cannot fit the model's context -> 400. The app is plain ASGI (no framework on the hot path): the body is
+parsed once to read the model and limits and forwarded as the client sent it; streams are relayed chunk
+by chunk, and a stream the backend cuts ends with an SSE error event and no ``[DONE]``.
 """
+from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import time
 from dataclasses import dataclass, field
 
 from executor.admission import Admission
+from executor.router_metrics import INVALID, UNKNOWN, RouterMetrics
+from executor.router_request import RequestError, check_context, parse_request
+
+GENERATE = {"/v1/completions": False, "/v1/chat/completions": True}  # path -> chat
+PARSE_IN_THREAD_BYTES = 256 * 1024  # larger bodies are parsed off the event loop
+DRAIN_MAX_BYTES = 64 * 2**20  # an over-long body is read (and dropped) up to this much, so the client sees the 413
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 4 * 2**20
+    queue_depth: int | None = None  # requests waiting per model; None: as many as its admission quota
+    queue_timeout_s: float = 30.0
+    upstream_timeout_s: float = 600.0  # longest wait for a backend's next bytes
+    connect_timeout_s: float = 5.0
+    probe_s: float = 2.0
+    probe_timeout_s: float = 5.0
 
 
 @dataclass
@@ -19,8 +44,9 @@ class Replica:
     share: float
     unit: int
     process: str
-    healthy: bool = False
+    healthy: bool = False  # the supervisor's health checks
     credit: float = 0.0
+    failed: bool = False  # a request could not reach it; cleared by the router's probe or the supervisor
 
 
 @dataclass
@@ -29,10 +55,17 @@ class RouterState:
     admission: Admission
     predicted_rps: dict[str, float] = field(default_factory=dict)
     api_key: str | None = None
+    backend_token: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    context_tokens: dict[str, int] = field(default_factory=dict)  # learnt from the backends' /v1/models unless given
 
-    def pick(self, model: str) -> Replica | None:
-        """Smooth weighted round robin over healthy replicas (deterministic, proportional to shares)."""
-        live = [r for r in self.replicas[model] if r.healthy]
+    def pick(self, model: str, exclude: list[Replica] = ()) -> Replica | None:
+        """Smooth weighted round robin over routable replicas (deterministic, proportional to shares)."""
+        reps = self.replicas[model]
+        if len(reps) == 1:  # the common case needs no arithmetic
+            r = reps[0]
+            return r if r.healthy and not r.failed and r not in exclude else None
+        live = [r for r in reps if r.healthy and not r.failed and r not in exclude]
         if not live:
             return None
         total = sum(r.share for r in live)
@@ -43,121 +76,151 @@ class RouterState:
         return best
 
     def set_health(self, process: str, healthy: bool) -> None:
+        """The supervisor's verdict; a healthy verdict also clears a mark left by a failed request."""
         for reps in self.replicas.values():
             for r in reps:
                 if r.process == process:
                     r.healthy = healthy
+                    r.failed = r.failed and not healthy
+
+    def routable(self, model: str) -> bool:
+        return any(r.healthy and not r.failed for r in self.replicas[model])
 
 
-def _error(status: int, message: str, retry_after: int | None = None):
-    from fastapi.responses import JSONResponse
-
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
-    return JSONResponse({"error": {"message": message, "code": status}}, status_code=status, headers=headers)
+def _json_error(status: int, message: str) -> bytes:
+    return json.dumps({"error": {"message": message, "code": status}}).encode()
 
 
-def create_app(state: RouterState):
-    import httpx
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+async def respond(send, status: int, body: bytes, content_type: bytes = b"application/json", retry_after_s: int | None = None) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if retry_after_s:
+        headers.append((b"retry-after", str(retry_after_s).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
-    registry = CollectorRegistry()
-    requests = Counter("muxplan_router_requests", "Requests by model and status", ["model", "status"], registry=registry)
-    latency = Histogram("muxplan_router_latency_seconds", "Time to the backend's response headers", ["model"], registry=registry)
-    in_flight = Gauge("muxplan_router_in_flight", "Requests in flight", ["model"], registry=registry)
-    quota = Gauge("muxplan_router_admission_quota", "Admission quota (in-flight requests)", ["model"], registry=registry)
-    predicted = Gauge("muxplan_plan_predicted_rps", "The plan's predicted throughput", ["model"], registry=registry)
-    healthy = Gauge("muxplan_router_healthy_replicas", "Healthy replicas", ["model"], registry=registry)
-    for model, rps in state.predicted_rps.items():
-        predicted.labels(model).set(rps)
 
-    app = FastAPI(title="muxplan router")
-    client = httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=5.0))
+async def respond_error(send, status: int, message: str, retry_after_s: int | None = None) -> None:
+    await respond(send, status, _json_error(status, message), retry_after_s=retry_after_s)
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if state.api_key and request.url.path.startswith("/v1/") and request.headers.get("authorization") != f"Bearer {state.api_key}":
-            return _error(401, "missing or wrong API key")
-        return await call_next(request)
 
-    async def forward(request: Request, path: str):
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "request body must be JSON")
-        model = body.get("model") if isinstance(body, dict) else None
-        if not isinstance(model, str):
-            return _error(400, "field 'model' is required")
-        if model not in state.replicas:
-            requests.labels(model, "404").inc()
-            return _error(404, f"model '{model}' is not served; served models: {', '.join(sorted(state.replicas))}")
-        replica = state.pick(model)
-        if replica is None:
-            requests.labels(model, "503").inc()
-            return _error(503, f"model '{model}' has no healthy backend right now", retry_after=5)
-        if not state.admission.admit(model):
-            requests.labels(model, "429").inc()
-            return _error(429, f"model '{model}' is at its admission quota ({state.admission.quotas[model]} in flight)", retry_after=1)
-        in_flight.labels(model).inc()
-        start = time.perf_counter()
-        released = False
+class Router:
+    """The ASGI app. ``state`` is shared with the supervisor, which reports health through it."""
 
-        def release():
-            nonlocal released
-            if not released:
-                released = True
-                state.admission.release(model)
-                in_flight.labels(model).dec()
+    def __init__(self, state: RouterState):
+        from executor.router_relay import Relay  # it imports respond() from here
+        from executor.router_upstream import Upstream
 
-        try:
-            upstream = client.build_request("POST", f"{replica.url}{path}", json=body)
-            response = await client.send(upstream, stream=True)
-        except httpx.HTTPError:
-            release()
-            state.set_health(replica.process, False)
-            requests.labels(model, "503").inc()
-            return _error(503, f"model '{model}': backend unreachable", retry_after=5)
-        latency.labels(model).observe(time.perf_counter() - start)
-        requests.labels(model, str(response.status_code)).inc()
+        self.state = state
+        self.metrics = RouterMetrics(list(state.replicas), state.predicted_rps)
+        self.upstream = Upstream(state, self.metrics)
+        self.relay = Relay(state, self.metrics, self.upstream)
+        self.auth = f"Bearer {state.api_key}".encode() if state.api_key else None
 
-        async def relay():
-            try:
-                async for chunk in response.aiter_raw():
-                    yield chunk
-            finally:
-                await response.aclose()
-                release()
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            return await self.http(scope, receive, send)
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    self.upstream.ensure()  # the prober starts with the server, not with the first request
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await self.upstream.close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
 
-        media = response.headers.get("content-type", "application/json")
-        return StreamingResponse(relay(), status_code=response.status_code, media_type=media)
+    def _authorised(self, scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                return hmac.compare_digest(value, self.auth)
+        return False
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        return await forward(request, "/v1/completions")
+    async def http(self, scope, receive, send):
+        path, method = scope["path"], scope["method"]
+        if self.auth and path.startswith("/v1/") and not self._authorised(scope):
+            return await respond_error(send, 401, "missing or wrong API key")
+        want = "POST" if path in GENERATE else "GET"
+        if path not in GENERATE and path not in ("/v1/models", "/health", "/metrics"):
+            return await respond_error(send, 404, f"no route {path}")
+        if method != want:
+            return await respond_error(send, 405, f"{path} takes {want}")
+        if path in GENERATE:
+            self.upstream.ensure()
+            return await self.generate(scope, receive, send, path)
+        if path == "/v1/models":
+            return await respond(send, 200, json.dumps(self.models()).encode())
+        if path == "/health":
+            down = [m for m in self.state.replicas if not self.state.routable(m)]
+            return await respond(send, 503 if down else 200, json.dumps({"status": "degraded" if down else "ok", "down": down}).encode())
+        return await respond(send, 200, self.render_metrics(), self.metrics.content_type.encode())
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        return await forward(request, "/v1/chat/completions")
-
-    @app.get("/v1/models")
-    async def models():
+    def models(self) -> dict:
         data = []
-        for model, reps in sorted(state.replicas.items()):
-            data.append({"id": model, "object": "model", "owned_by": "muxplan", "units": [r.unit for r in reps],
-                         "replicas": len(reps), "healthy_replicas": sum(r.healthy for r in reps)})
+        for model, reps in sorted(self.state.replicas.items()):
+            entry = {"id": model, "object": "model", "owned_by": "muxplan", "units": [r.unit for r in reps], "replicas": len(reps),
+                     "healthy_replicas": sum(r.healthy and not r.failed for r in reps)}
+            if model in self.state.context_tokens:
+                entry["max_model_len"] = self.state.context_tokens[model]
+            data.append(entry)
         return {"object": "list", "data": data}
 
-    @app.get("/health")
-    async def health():
-        down = [m for m, reps in state.replicas.items() if not any(r.healthy for r in reps)]
-        return JSONResponse({"status": "ok" if not down else "degraded", "down": down}, status_code=200 if not down else 503)
+    def render_metrics(self) -> bytes:
+        m = self.metrics
+        for model, reps in self.state.replicas.items():
+            m.quota.labels(model).set(self.state.admission.quotas[model])
+            m.healthy.labels(model).set(sum(r.healthy and not r.failed for r in reps))
+            m.per_model[model]["queued"].set(self.state.admission.queued(model))
+        return m.render()
 
-    @app.get("/metrics")
-    async def metrics():
-        for model, reps in state.replicas.items():
-            quota.labels(model).set(state.admission.quotas[model])
-            healthy.labels(model).set(sum(r.healthy for r in reps))
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    async def read_body(self, scope, receive, send) -> bytes | None:
+        """The whole body, or None once a 413 (or nothing, for a client gone) has been answered."""
+        limit = self.state.limits.max_body_bytes
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return None
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            if not msg.get("more_body") or size > DRAIN_MAX_BYTES:
+                break
+        if size > limit:
+            self.metrics.count(INVALID, 413)
+            await respond_error(send, 413, f"request body is larger than the {limit}-byte limit")
+            return None
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    return app
+    async def generate(self, scope, receive, send, path: str):
+        start = time.perf_counter()
+        body = await self.read_body(scope, receive, send)
+        if body is None:
+            return
+        state, metrics = self.state, self.metrics
+        try:
+            if len(body) > PARSE_IN_THREAD_BYTES:
+                parsed = await asyncio.get_running_loop().run_in_executor(None, parse_request, body, GENERATE[path])
+            else:
+                parsed = parse_request(body, GENERATE[path])
+        except RequestError as exc:
+            metrics.count(INVALID, exc.status)
+            return await respond_error(send, exc.status, exc.message)
+        model = parsed.model
+        if model not in state.replicas:
+            metrics.count(UNKNOWN, 404)
+            return await respond_error(send, 404, f"model '{model}' is not served; served models: {', '.join(sorted(state.replicas))}")
+        try:
+            check_context(parsed, state.context_tokens.get(model))
+            if not state.routable(model):
+                raise RequestError(503, f"model '{model}' has no healthy backend right now", retry_after_s=5)
+        except RequestError as exc:
+            metrics.count(model, exc.status)
+            return await respond_error(send, exc.status, exc.message, exc.retry_after_s)
+        metrics.per_model[model]["request_bytes"].observe(len(body))
+        await self.relay.admitted(receive, send, model, path, body, start)
+
+
+def create_app(state: RouterState) -> Router:
+    return Router(state)

@@ -51,11 +51,3 @@ def alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split()[2] != "Z"
-
-
-def needs_router_token():
-    """Skip until the router sends MUXPLAN_BACKEND_TOKEN to backends (the router's side of the token contract)."""
-    import executor.router
-
-    if "MUXPLAN_BACKEND_TOKEN" not in Path(executor.router.__file__).read_text():
-        pytest.skip("the router does not send the backend token yet (executor/router.py, router branch)")

@@ -14,7 +14,7 @@ from muxplan.files import save_contract
 from muxplan.schema import PlacedModel, Plan, SolverRecord, Unit
 import psutil
 
-from tests.helpers import ROOT, alive, free_port, get, needs_router_token, run_cli
+from tests.helpers import ROOT, alive, free_port, get, run_cli
 
 pytestmark = pytest.mark.slow
 openai = pytest.importorskip("openai")
@@ -25,7 +25,6 @@ pytest.importorskip("vllm")
 def deployment(request, tmp_path_factory):
     from executor.tiny_models import build_tiny_model
 
-    needs_router_token()
     tmp = tmp_path_factory.mktemp("deploy")
     paths = {"tiny-llama": build_tiny_model(tmp / "tiny-llama", "llama", 0), "tiny-qwen": build_tiny_model(tmp / "tiny-qwen", "qwen2", 1)}
     units = [Unit(id=k, node=0, gpu="A100-80GB", gpu_ids=[k], predicted_rps=1.0, models=[PlacedModel(

@@ -12,7 +12,7 @@ import pytest
 
 from muxplan.files import save_contract
 from tests.engine_fixtures import colocated_plan
-from tests.helpers import ROOT, alive, free_port, get, needs_router_token
+from tests.helpers import ROOT, alive, free_port, get
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("torch")
@@ -118,7 +118,6 @@ def test_full_queue_gets_429_with_retry_after_and_accepted_requests_finish(serve
 
 
 def test_deploy_engine_backend_behind_the_router(tiny_models, tmp_path):
-    needs_router_token()
     save_contract(tmp_path / "plan.json", colocated_plan({"tiny-llama": tiny_models["llama"], "tiny-qwen": tiny_models["qwen"]}))
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "muxplan", "deploy", str(tmp_path / "plan.json"), "--backend", "engine", "--port", str(port),

@@ -1,4 +1,6 @@
 """Router and admission behaviour that needs no backend: auth, bad requests, unknown models, health, quotas."""
+import asyncio
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -50,3 +52,35 @@ def test_admission_quota_and_adaptation():
     assert adm.quotas == {"hot": 12, "cold": 8}  # its peak in that period was again 100%
     adm.adapt()
     assert adm.quotas == {"hot": 12, "cold": 8}  # an idle period: nobody hot, quotas stay
+
+
+def test_an_admission_slot_is_released_on_every_path():
+    from executor.admission import QueueFull, QueueTimeout
+
+    async def scenario():
+        adm = Admission({"m": 1}, period_s=1e9)
+        with pytest.raises(RuntimeError):
+            async with adm.slot("m"):
+                raise RuntimeError("a bug while holding the slot")
+        assert adm.in_flight["m"] == 0
+        async with adm.slot("m"):
+            with pytest.raises(QueueFull):  # no queue: over the quota at once
+                async with adm.slot("m"):
+                    pass
+            with pytest.raises(QueueTimeout):
+                async with adm.slot("m", queue_depth=1, timeout_s=0.01):
+                    pass
+            waiter = asyncio.ensure_future(adm.slot("m", queue_depth=1, timeout_s=5).__aenter__())
+            await asyncio.sleep(0)
+            assert adm.queued("m") == 1
+            waiter.cancel()  # a client gone while queued frees its place
+            await asyncio.sleep(0)
+            assert adm.queued("m") == 0
+            handed = asyncio.ensure_future(adm.slot("m", queue_depth=1, timeout_s=5).__aenter__())
+            await asyncio.sleep(0)
+        await handed  # the released slot passed straight to the waiter
+        assert adm.in_flight["m"] == 1 and adm.queued("m") == 0
+        adm.release("m")
+        assert adm.in_flight["m"] == 0
+
+    asyncio.run(scenario())

@@ -1,0 +1,53 @@
+"""The router's Prometheus metrics. Labels are served model names only: every name the plan does not
+serve counts under ``UNKNOWN`` and bodies without a readable model under ``INVALID``, so clients cannot
+grow the label set."""
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+UNKNOWN = "_unknown"
+INVALID = "_invalid"
+_BYTES = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
+_TPOT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class RouterMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, models: list[str], predicted_rps: dict[str, float]):
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("muxplan_router_requests", "Requests by model and status", ["model", "status"], registry=r)
+        self.latency = Histogram("muxplan_router_latency_seconds", "Time to the backend's response headers", ["model"], registry=r)
+        self.ttft = Histogram("muxplan_router_ttft_seconds", "Time to the first streamed chunk", ["model"], registry=r)
+        self.tpot = Histogram("muxplan_router_tpot_seconds", "Time per output token (streamed event) after the first", ["model"],
+                              buckets=_TPOT, registry=r)
+        self.request_bytes = Histogram("muxplan_router_request_bytes", "Request body size", ["model"], buckets=_BYTES, registry=r)
+        self.response_bytes = Histogram("muxplan_router_response_bytes", "Response body size", ["model"], buckets=_BYTES, registry=r)
+        self.retries = Counter("muxplan_router_retries", "Requests retried on another replica (failed before headers)", ["model"], registry=r)
+        self.failovers = Counter("muxplan_router_failovers", "Retried requests that another replica answered", ["model"], registry=r)
+        self.replica_failures = Counter("muxplan_router_replica_failures", "Replicas marked down by a failed request or probe",
+                                        ["model"], registry=r)
+        self.stream_errors = Counter("muxplan_router_stream_errors", "Streams ended by an error event (backend cut the stream)",
+                                     ["model"], registry=r)
+        self.disconnects = Counter("muxplan_router_client_disconnects", "Clients gone before their response ended", ["model"], registry=r)
+        self.in_flight = Gauge("muxplan_router_in_flight", "Requests in flight", ["model"], registry=r)
+        self.queued = Gauge("muxplan_router_queued", "Requests waiting for an admission slot", ["model"], registry=r)
+        self.quota = Gauge("muxplan_router_admission_quota", "Admission quota (in-flight requests)", ["model"], registry=r)
+        self.predicted = Gauge("muxplan_plan_predicted_rps", "The plan's predicted throughput", ["model"], registry=r)
+        self.healthy = Gauge("muxplan_router_healthy_replicas", "Healthy replicas", ["model"], registry=r)
+        for model, rps in predicted_rps.items():
+            self.predicted.labels(model).set(rps)
+        self._status: dict[tuple[str, int], object] = {}
+        # label children resolved once: .labels() costs microseconds on every request otherwise
+        self.per_model = {m: {name: getattr(self, name).labels(m) for name in (
+            "latency", "ttft", "tpot", "request_bytes", "response_bytes", "retries", "failovers", "replica_failures",
+            "stream_errors", "disconnects", "in_flight", "queued")} for m in models}
+
+    def count(self, model: str, status: int) -> None:
+        child = self._status.get((model, status))
+        if child is None:
+            child = self._status[(model, status)] = self.requests.labels(model, str(status))
+        child.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,136 @@
+"""One admitted request, from its admission slot to the last byte relayed to the client.
+
+The slot is held by one ``async with`` for the whole request, so every path (answer, error, timeout,
+client gone, a bug) gives it back. A watcher task cancels the request when the client disconnects:
+the upstream connection is closed, so the backend stops generating for nobody. Plain responses are read
+whole and sent with their length (a backend that dies mid-body gives a 503, never a truncated 200);
+event streams are relayed chunk by chunk, and one that does not end with ``[DONE]`` gets an SSE error
+event instead.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from executor.admission import QueueFull, QueueTimeout
+from executor.router import respond, respond_error
+from executor.router_http import UpstreamError
+from executor.router_request import RequestError
+
+WATCH_AFTER_S = 0.02  # when the router starts watching for the client's disconnect
+CLIENT_GONE = 499  # nginx's status for a client that closed the connection (counted only, never sent)
+
+
+def _sse_error(status: int, message: str) -> bytes:
+    return b"data: " + json.dumps({"error": {"message": message, "type": "backend_error", "code": status}}).encode() + b"\n\n"
+
+
+class Relay:
+    def __init__(self, state, metrics, upstream):
+        self.state, self.metrics, self.upstream = state, metrics, upstream
+
+    async def admitted(self, receive, send, model: str, path: str, body: bytes, start: float) -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        finished = False
+        watcher = None
+
+        async def watch():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not finished:
+                task.cancel()
+
+        def start_watching():
+            nonlocal watcher
+            watcher = loop.create_task(watch())
+
+        # a task per request costs ~30 us of CPU; requests answered within WATCH_AFTER_S never need one
+        timer = loop.call_later(WATCH_AFTER_S, start_watching)
+        m = self.metrics.per_model[model]
+        lim = self.state.limits
+        adm = self.state.admission
+        depth = adm.quotas[model] if lim.queue_depth is None else lim.queue_depth
+        status = 500  # until something answers
+        try:
+            async with adm.slot(model, depth, lim.queue_timeout_s):
+                m["in_flight"].inc()
+                try:
+                    status = await self.forward(send, model, path, body, start)
+                finally:
+                    m["in_flight"].dec()
+        except QueueFull:
+            status = 429
+            await respond_error(send, 429, f"model '{model}' is at its admission quota ({adm.quotas[model]} in flight, "
+                                           f"{depth} waiting)", retry_after_s=1)
+        except QueueTimeout:
+            status = 504
+            await respond_error(send, 504, f"model '{model}': no admission slot within {lim.queue_timeout_s:g} s", retry_after_s=1)
+        except RequestError as exc:
+            status = exc.status
+            await respond_error(send, exc.status, exc.message, exc.retry_after_s)
+        except asyncio.CancelledError:
+            if finished or watcher is None or not watcher.done():
+                raise
+            task.uncancel()  # our own cancellation: the client is gone, nothing left to answer
+            status = CLIENT_GONE
+            m["disconnects"].inc()
+        finally:
+            finished = True
+            timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            self.metrics.count(model, status)
+
+    async def forward(self, send, model: str, path: str, body: bytes, start: float) -> int:
+        resp, replica = await self.upstream.open(model, path, body)
+        m = self.metrics.per_model[model]
+        m["latency"].observe(time.perf_counter() - start)
+        try:
+            ctype = resp.content_type or "application/json"
+            if not ctype.startswith("text/event-stream"):
+                try:
+                    data = await resp.read()
+                except UpstreamError:
+                    self.upstream.mark_down(replica)
+                    raise RequestError(503, f"model '{model}': backend failed before its response was complete", retry_after_s=5) from None
+                m["response_bytes"].observe(len(data))
+                await respond(send, resp.status, data, ctype.encode())
+                return resp.status
+            await self.stream(send, resp, replica, start)
+            return resp.status
+        finally:
+            resp.close()  # no-op once read; mid-stream (client gone) it drops the connection so the backend aborts
+
+    async def stream(self, send, resp, replica, start: float) -> None:
+        model = replica.model
+        m = self.metrics.per_model[model]
+        await send({"type": "http.response.start", "status": resp.status,
+                    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        first = last = None
+        events = size = 0
+        tail = b""
+        error = None
+        try:
+            async for chunk in resp.chunks():
+                last = time.perf_counter()
+                if first is None:
+                    first = last
+                    m["ttft"].observe(first - start)
+                events += chunk.count(b"data:")
+                size += len(chunk)
+                tail = (tail + chunk)[-32:]
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not tail.rstrip().endswith(b"[DONE]"):
+                error = f"model '{model}': the backend ended the stream early"
+        except UpstreamError:
+            self.upstream.mark_down(replica)
+            error = f"model '{model}': the backend failed mid-stream"
+        if error:
+            m["stream_errors"].inc()
+            await send({"type": "http.response.body", "body": _sse_error(503, error), "more_body": True})
+        elif events > 2:  # token events plus [DONE]
+            m["tpot"].observe((last - first) / (events - 2))
+        m["response_bytes"].observe(size)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

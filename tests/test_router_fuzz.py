@@ -1,0 +1,81 @@
+"""Hypothesis fuzz of the router's request parser, alone and over real HTTP: random JSON bodies and
+headers never give a 500, never hang, and never keep an admission slot (issue 13, items 3 and 10)."""
+import json
+import socket
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from executor.router_request import RequestError, check_context, parse_request
+from tests.router_fixtures import API_KEY, RouterThread, Stub, router_state
+
+SCALARS = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
+JSON = st.recursive(SCALARS, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4), max_leaves=20)
+FIELDS = st.fixed_dictionaries({}, optional={
+    "model": st.sampled_from(["a", "b", "nope"]) | JSON, "prompt": JSON | st.lists(st.integers(0, 100), max_size=50),
+    "messages": JSON | st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": JSON}), max_size=3),
+    "max_tokens": st.integers(-5, 5000) | JSON, "stream": st.booleans() | JSON, "temperature": JSON,
+    "max_completion_tokens": st.integers(-1, 3000) | JSON}).flatmap(lambda d: st.dictionaries(st.text(max_size=6), JSON, max_size=3).map(
+        lambda extra: {**{k: v for k, v in extra.items() if k != "stub"}, **d}))
+RAW = st.binary(max_size=200) | st.sampled_from([b"NaN", b"[" * 5000, b'{"model": "a", "prompt": 1e999}', b"{" * 100_000, b""])
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e), min_size=1, max_size=30)
+HEADER_NAME = st.from_regex(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,20}", fullmatch=True)  # RFC 9110 tokens: others are malformed HTTP
+
+
+@given(body=FIELDS | JSON)
+@settings(max_examples=400, deadline=None)
+def test_the_parser_only_raises_request_errors(body):
+    try:
+        parsed = parse_request(json.dumps(body).encode(), chat=bool(len(str(body)) % 2))
+        check_context(parsed, 2048)
+    except RequestError as exc:
+        assert exc.status == 400 and exc.message and "\n" not in exc.message
+
+
+@given(raw=RAW)
+@settings(max_examples=200, deadline=None)
+def test_raw_bytes_only_raise_request_errors(raw):
+    try:
+        parse_request(raw, chat=False)
+    except RequestError as exc:
+        assert exc.status == 400
+
+
+@pytest.fixture(scope="module")
+def fuzz_router():
+    stub = Stub("f", ["a", "b"]).start()
+    state = router_state({"a": [stub], "b": [stub]}, quota=4)
+    try:
+        with RouterThread(state) as r:
+            r.wait_probed("a")
+            yield r
+    finally:
+        stub.kill()
+
+
+def send_raw(port: int, path: str, headers: dict[str, str], body: bytes) -> int:
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head.encode() + b"\r\n" + body)
+        data = b""
+        while chunk := s.recv(65536):  # a hang fails as a socket timeout
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+@given(body=FIELDS.map(lambda d: json.dumps(d).encode()) | RAW, path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]),
+       headers=st.dictionaries(HEADER_NAME.filter(lambda k: k.lower() not in ("content-length", "transfer-encoding", "host", "connection")),
+                               HEADER_TEXT, max_size=4),
+       auth=st.sampled_from([f"Bearer {API_KEY}", "Bearer wrong", None]))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+def test_http_requests_never_500_hang_or_leak_a_slot(fuzz_router, body, path, headers, auth):
+    headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+    if auth:
+        headers["Authorization"] = auth
+    status = send_raw(fuzz_router.port, path, headers, body)
+    assert status in ({200, 400, 404} if auth == f"Bearer {API_KEY}" else {401})
+    assert not any(fuzz_router.state.admission.in_flight.values())
+    labels = {line.split('model="')[1].split('"')[0] for line in fuzz_router.metrics().splitlines() if line.startswith("muxplan_router_requests")}
+    assert labels <= {"a", "b", "_unknown", "_invalid"}
