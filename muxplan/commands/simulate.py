@@ -30,12 +30,14 @@ def simulate(
     from muxplan.workload import load_workload
     from planner.placement import load_plan
     from planner.sim import comparison, records, render
+    from planner.sim.policy import get_policy
     from planner.sim.trace import build_request_table
     from profiler.cost_model import load_cost_model
 
     if records_format not in ("csv", "parquet"):
         raise InputError(f"--records-format: '{records_format}' is not csv or parquet")
     check_numbers(rate_scale=(rate_scale, 0, True), slo_scale=(slo_scale, 0, True), seed=(seed, 0, False))
+    get_policy(policy)  # options before files
     the_workload = load_workload(workload)
     the_plan = load_plan(plan, the_workload)
     cost = load_cost_model(profile, params)
