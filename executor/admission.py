@@ -10,14 +10,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-HOT_UTILISATION = 0.9
-STEP = 0.10
+from unitsched.config import ADBS_GROW as STEP
+from unitsched.config import ADBS_HOT_UTIL as HOT_UTILISATION
+from unitsched.config import ADBS_PERIOD_S
 
 
 @dataclass
 class Admission:
     quotas: dict[str, int]
-    period_s: float = 8.0
+    period_s: float = ADBS_PERIOD_S
     in_flight: dict[str, int] = field(default_factory=dict)
     peak: dict[str, int] = field(default_factory=dict)
     last_adapt: float = field(default_factory=time.monotonic)
