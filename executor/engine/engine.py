@@ -27,7 +27,7 @@ from muxplan.catalog import get_model
 from muxplan.files import InputError
 from muxplan.schema import Plan
 from unitsched.config import block_elems as unit_block_elems
-from unitsched.policy import get_policy
+from unitsched.policy import Policy, get_policy
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class EngineDead(RuntimeError):
 
 
 class Engine:
-    def __init__(self, models: list[ServedModel], policy: str = "adbs", device: str = "cpu", dtype: torch.dtype | None = None,
+    def __init__(self, models: list[ServedModel], policy: str | Policy = "adbs", device: str = "cpu", dtype: torch.dtype | None = None,
                  seed: int = 0, block_elems: int | None = None, cpu_threads: int | None = 1,
                  clock: Callable[[], float] = time.monotonic, jobs=None, log_events: bool = False):
         """``clock`` and ``jobs`` (an executor like ``SerialJobs``) replace wall time and execution, e.g. to replay a
@@ -88,7 +88,7 @@ class Engine:
             self.runners[m.name] = ModelRunner(m.name, model, self.pool.view(spec.head_dim), self.blocks, self.device)
             slots.append(SlotSpec(i, m.name, m.prefill_sm_pct, m.decode_sm_pct, m.max_num_seqs, m.rate_rps,
                                   self.pool.block_tokens(spec.head_dim), per_logical * self.pool.block_bytes))
-        self.policy = get_policy(policy)
+        self.policy = get_policy(policy) if isinstance(policy, str) else policy
         unit = UnitSpec(tuple(slots), self.pool.num_blocks * self.pool.block_bytes)
         self.event_log: list | None = [] if log_events else None
         self.scheduler = Scheduler(unit, self.blocks, self.policy.initial_quotas(unit), self.policy.sm_cap_parts, self._finished,
