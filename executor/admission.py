@@ -13,8 +13,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-HOT_UTILISATION = 0.9
-STEP = 0.10
+from unitsched.config import ADBS_GROW as STEP
+from unitsched.config import ADBS_HOT_UTIL as HOT_UTILISATION
+from unitsched.config import ADBS_PERIOD_S
 
 
 class QueueFull(Exception):
@@ -28,7 +29,7 @@ class QueueTimeout(Exception):
 @dataclass
 class Admission:
     quotas: dict[str, int]
-    period_s: float = 8.0
+    period_s: float = ADBS_PERIOD_S
     in_flight: dict[str, int] = field(default_factory=dict)
     peak: dict[str, int] = field(default_factory=dict)
     last_adapt: float = field(default_factory=time.monotonic)

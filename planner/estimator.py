@@ -32,7 +32,7 @@ from muxplan.schema import GpuSpec
 from planner.tables import Demand, Option
 from profiler.memory import usable_bytes
 
-SM_BUDGET_PCT = 120
+from unitsched.config import SM_BUDGET_PCT  # noqa: E402  (percent: 12 parts of 10%)
 UTIL_CAP = 0.95  # largest busy share of a decode job or of the unit's prefill path (queues stay bounded)
 DRAIN_FACTOR = 0.5  # mean residual of the longest running decode step when a prefill arrives
 EPS = 1e-9

@@ -26,7 +26,7 @@ from profiler.memory import isolated_tp, kv_bytes_per_token_per_gpu, reserve_byt
 
 DECODE_SM_PCTS = (30, 50, 70, 90, 100)
 BATCHES = (4, 8, 16, 32, 64, 128, 256)
-PREFILL_TOKEN_BUDGET = 2048
+from unitsched.config import PREFILL_TOKEN_BUDGET  # noqa: E402,F401
 POOL_TOLERANCE = 0.10  # same-architecture models whose mean lengths differ less than this share one estimate
 TPOT_MARGIN = 0.75  # share of the SLO's TPOT a plan may use at full batch (the rest absorbs queueing and TTFT)
 LENGTH_SAMPLES = 400  # (prompt, output) pairs kept per model for predicted SLO attainment

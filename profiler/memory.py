@@ -10,7 +10,7 @@ from muxplan.catalog import kv_bytes_per_token, weight_bytes
 from muxplan.schema import DTYPE_BYTES, GpuSpec, ModelSpec
 
 CONTEXT_BYTES = 768 * 2**20  # CUDA context + cuBLAS workspaces + allocator slack per process
-MAX_BATCHED_TOKENS = 2048  # the paper's prefill token budget
+from unitsched.config import PREFILL_TOKEN_BUDGET as MAX_BATCHED_TOKENS  # noqa: E402
 USABLE_FRACTION = 0.95  # headroom the driver and fragmentation need
 
 

@@ -7,7 +7,7 @@ import pytest
 from muxplan.files import InputError
 from planner.sim.engine import simulate_plan
 from planner.sim.metrics import attainment_curve, summarize
-from planner.sim.policy import POLICIES, get_policy
+from unitsched.policy import POLICIES, get_policy
 from tests.sim_fixtures import ToyCost, make_plan, make_workload, placed
 
 GIB = 2**30

@@ -26,9 +26,8 @@ from executor.engine.sequence import Sequence
 from muxplan.catalog import get_model
 from muxplan.files import InputError
 from muxplan.schema import Plan
-from planner.sim.policy import get_policy
-
-BASE_BLOCK_TOKENS = 16  # tokens per block for the largest head size of the unit
+from unitsched.config import block_elems as unit_block_elems
+from unitsched.policy import Policy, get_policy
 
 
 @dataclass(frozen=True)
@@ -58,8 +57,11 @@ class EngineDead(RuntimeError):
 
 
 class Engine:
-    def __init__(self, models: list[ServedModel], policy: str = "adbs", device: str = "cpu", dtype: torch.dtype | None = None,
-                 seed: int = 0, block_elems: int | None = None, cpu_threads: int | None = 1):
+    def __init__(self, models: list[ServedModel], policy: str | Policy = "adbs", device: str = "cpu", dtype: torch.dtype | None = None,
+                 seed: int = 0, block_elems: int | None = None, cpu_threads: int | None = 1,
+                 clock: Callable[[], float] = time.monotonic, jobs=None, log_events: bool = False):
+        """``clock`` and ``jobs`` (an executor like ``SerialJobs``) replace wall time and execution, e.g. to replay a
+        trace on the cost model's timing; ``log_events`` keeps the scheduler's job log in ``event_log``."""
         if not models:
             raise InputError("unit: no model to serve")
         self.device = torch.device(device)
@@ -71,8 +73,7 @@ class Engine:
         self.specs = {m.name: get_model(m.ref) for m in models}
         self.tokenizers = {m.name: _tokenizer(m.ref) for m in models}
         self.eos_ids = {name: _eos_ids(self.models[name].ref, tok) for name, tok in self.tokenizers.items()}
-        lcm = math.lcm(*(s.head_dim for s in self.specs.values()))
-        block_elems = block_elems or 2 * BASE_BLOCK_TOKENS * lcm
+        block_elems = block_elems or unit_block_elems([s.head_dim for s in self.specs.values()])
         probe_bytes = block_elems * torch.empty((), dtype=self.dtype).element_size()
         self.pool = KvPool(sum(m.kv_bytes for m in models) // probe_bytes, block_elems, self.dtype, self.device)
         self.blocks = BlockManager(self.pool.num_blocks)
@@ -87,10 +88,13 @@ class Engine:
             self.runners[m.name] = ModelRunner(m.name, model, self.pool.view(spec.head_dim), self.blocks, self.device)
             slots.append(SlotSpec(i, m.name, m.prefill_sm_pct, m.decode_sm_pct, m.max_num_seqs, m.rate_rps,
                                   self.pool.block_tokens(spec.head_dim), per_logical * self.pool.block_bytes))
-        self.policy = get_policy(policy)
+        self.policy = get_policy(policy) if isinstance(policy, str) else policy
         unit = UnitSpec(tuple(slots), self.pool.num_blocks * self.pool.block_bytes)
-        self.scheduler = Scheduler(unit, self.blocks, self.policy.initial_quotas(unit), self.policy.sm_cap_parts, self._finished)
-        self.jobs = StreamJobs(self.device) if on_gpu else SerialJobs()
+        self.event_log: list | None = [] if log_events else None
+        self.scheduler = Scheduler(unit, self.blocks, self.policy.initial_quotas(unit), self.policy.sm_cap_parts, self._finished,
+                                   self.event_log)
+        self.jobs = jobs or (StreamJobs(self.device) if on_gpu else SerialJobs())
+        self.clock = clock
         self.quota_history: list[tuple[float, tuple[int, ...]]] = [(0.0, tuple(s.quota_bytes for s in self.scheduler.slots))]
         self.seed = seed
         self._ids = itertools.count()
@@ -102,14 +106,14 @@ class Engine:
         self._live: dict[int, Sequence] = {}  # accepted and not finished: told "error" if the loop dies
         self.failure: str | None = None  # why the loop died; set once, never cleared
         self.fail_after_jobs: int | None = None  # fault injection (server --fail-after-jobs): the loop raises after this many jobs
-        self.t0 = time.monotonic()
+        self.t0 = clock()
         self._next_adapt = self.policy.adapt_period_s
         self.finished: list[Sequence] = []  # for metrics and benchmarks; bounded by the caller draining it
         self.num_steps = {"prefill": 0, "decode": 0}
 
     # ------------------------------------------------------------ requests (any thread)
     def now(self) -> float:
-        return time.monotonic() - self.t0
+        return self.clock() - self.t0
 
     def max_context(self, model: str) -> int:
         """Longest sequence the model's position limit and initial KV quota can hold."""

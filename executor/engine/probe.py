@@ -29,7 +29,7 @@ from profiler.measure import ProbeInfo, ProfileRequest
 
 CPU_POOL_BYTES = 2 * 2**30
 GPU_POOL_FRACTION = 0.85
-BLOCK_TOKENS = 16
+from unitsched.config import BASE_BLOCK_TOKENS as BLOCK_TOKENS  # noqa: E402  (one head size: 16-token blocks)
 FLUSH_BYTES = {"cpu": 64 * 2**20, "cuda": 512 * 2**20}  # above the last-level cache (a 32 MiB CPU L3, a 50 MiB H100 L2)
 
 

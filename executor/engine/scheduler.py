@@ -1,10 +1,9 @@
-"""The unit's scheduling mechanism: per-model queues, jobs, SM parts and KV quotas over the block manager.
+"""The engine's unit: the shared mechanism (``unitsched.unit``) with jobs that run on the model runner.
 
-Policies are the simulator's (``planner.sim.policy``: adbs, fcfs, round-robin, temporal): they decide which
-job starts next through the same interface as the simulated unit (``head_fits``, ``start_prefill``,
-``start_decode``, ``sm_used``/``sm_cap``, per-model quotas in bytes), so the engine and ``muxplan simulate``
-run the very same decisions. Here a started job is queued in ``started`` for the engine to execute on the
-model runner; ``finish`` applies its sampled tokens. Preemption (newest first, recomputed later) is the
+Policies are ``unitsched``'s (adbs, fcfs, round-robin, temporal, spatial): they decide which job starts next
+through ``unitsched.policy.UnitView``, exactly as in ``muxplan simulate``, so the engine and the simulator run
+the very same decisions. Here a started job is queued in ``started`` for the engine to execute on the model
+runner; ``finish`` applies its sampled tokens. Preemption (newest first, recomputed later) is the
 scheduler's choice; the block manager only hands out and takes back blocks.
 """
 from __future__ import annotations
@@ -15,8 +14,8 @@ from typing import Callable
 
 from executor.engine.kv_pool import BlockManager
 from executor.engine.sequence import Sequence
-from planner.sim.slot import SlotCore, SmShares
-from planner.sim.unit import PREFILL_TOKEN_BUDGET
+from unitsched.slot import SlotCore, SmShares
+from unitsched.unit import UnitCore
 
 
 
@@ -42,7 +41,7 @@ class UnitSpec:
     pool_bytes: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class Job:
     kind: str  # "prefill" or "decode"
     slot: "Slot"
@@ -63,23 +62,15 @@ class Book:
         self.arrival_s: dict[int, float] = {}
 
 
-class Scheduler:
+class Scheduler(UnitCore):
     def __init__(self, spec: UnitSpec, blocks: BlockManager, quotas: list[int], sm_cap_parts: int,
-                 finish_seq: Callable[[Sequence, str], None]):
+                 finish_seq: Callable[[Sequence, str], None], log: list | None = None):
+        super().__init__([Slot(s, q) for s, q in zip(spec.slots, quotas)], spec.pool_bytes, sm_cap_parts, log)
         self.spec = spec
-        self.slots = [Slot(s, q) for s, q in zip(spec.slots, quotas)]
         self.by_name = {s.spec.name: s for s in self.slots}
         self.blocks = blocks
         self.book = Book()
         self.seqs: dict[int, Sequence] = {}
-        self.pool_bytes = spec.pool_bytes
-        self.used_bytes = 0
-        self.sm_cap = sm_cap_parts
-        self.sm_used = 0
-        self.num_prefills = 0
-        self.num_jobs = 0
-        self.rr_prefill = -1
-        self.rr_decode = -1
         self.started: deque[Job] = deque()
         self._finish_seq = finish_seq
 
@@ -92,57 +83,28 @@ class Scheduler:
     def num_unfinished(self) -> int:
         return len(self.seqs)
 
-    def _logical_for(self, slot: Slot, seq: Sequence) -> int:
-        return -(-seq.num_tokens // slot.spec.block_tokens)
-
-    def _drop(self, slot: Slot, seq: Sequence, now: float) -> None:
+    def _forget(self, seq: Sequence, reason: str) -> None:
         self.seqs.pop(seq.id, None)
         self.book.arrival_s.pop(seq.id, None)
-        self._finish_seq(seq, "length")  # the KV quota can never hold its next token
+        self._finish_seq(seq, reason)
 
-    # ------------------------------------------------------------ the interface policies drive
-    def head_fits(self, slot: Slot) -> bool:
-        while slot.queue:
-            seq = self.seqs[slot.queue[0]]
-            need = self._logical_for(slot, seq) * slot.bb
-            if need > slot.quota_bytes or need > self.pool_bytes:
-                slot.queue.popleft()
-                self._drop(slot, seq, 0.0)
-                continue
-            return (slot.seats < slot.spec.max_num_seqs and slot.blocks * slot.bb + need <= slot.quota_bytes
-                    and self.used_bytes + need <= self.pool_bytes)
-        return False
+    # ------------------------------------------------------------ the mechanism's hooks
+    def context_tokens(self, req: int) -> int:
+        return self.seqs[req].num_tokens
 
-    def touch_kv(self, slot: Slot, now: float) -> None:
-        slot.touch_kv(now)
+    def drop(self, slot: Slot, req: int, reason: str) -> None:
+        self._forget(self.seqs[req], "length")  # the KV quota can never hold its next token
 
-    def _grant(self, slot: Slot, seq: Sequence, num_logical: int) -> None:
-        self.blocks.allocate(seq.id, slot.spec.name, num_logical)
-        slot.blocks += num_logical
-        self.used_bytes += num_logical * slot.bb
+    def grant(self, slot: Slot, req: int, blocks: int) -> None:
+        self.blocks.allocate(req, slot.spec.name, blocks)
+        super().grant(slot, req, blocks)
 
-    def _release(self, slot: Slot, seq: Sequence) -> None:
-        freed = self.blocks.free(seq.id)
-        slot.blocks -= freed
-        self.used_bytes -= freed * slot.bb
+    def release(self, slot: Slot, req: int, blocks: int = 0) -> None:
+        super().release(slot, req, self.blocks.free(req))
 
-    def start_prefill(self, slot: Slot, now: float, sm_pct: int, parts: int) -> None:
-        """Batch queued prompts (up to the token budget, the seat cap and the KV quota) into one job."""
-        self.touch_kv(slot, now)
-        batch, tokens = [], 0
-        while slot.queue and self.head_fits(slot):
-            seq = self.seqs[slot.queue[0]]
-            if batch and tokens + seq.num_tokens > PREFILL_TOKEN_BUDGET:
-                break
-            slot.queue.popleft()
-            self._grant(slot, seq, self._logical_for(slot, seq))
-            slot.in_prefill.append(seq.id)
-            batch.append(seq)
-            tokens += seq.num_tokens
-        if batch:
-            slot.prefill_busy = True
-            self.num_prefills += 1
-            self._launch(Job("prefill", slot, batch, sm_pct, parts, now))
+    def run_job(self, slot: Slot, kind: str, batch: list[int], tokens: int, now: float, sm_pct: int) -> None:
+        parts = slot.prefill_parts_used if kind == "prefill" else slot.decode_parts_used
+        self.started.append(Job(kind, slot, [self.seqs[sid] for sid in batch], sm_pct, parts, now))
 
     def start_decode(self, slot: Slot, now: float, sm_pct: int, parts: int) -> bool:
         """One step of every running sequence; preempt the newest while the step's new blocks do not fit."""
@@ -150,36 +112,24 @@ class Scheduler:
         for sid in slot.pending:
             slot.running[sid] = None
         slot.pending = []
-        need = {sid: self._logical_for(slot, self.seqs[sid]) - self.blocks.num_logical(sid) for sid in slot.running}
-        while slot.running:
-            total = sum(need.values())
-            if (slot.blocks + total) * slot.bb <= slot.quota_bytes and self.used_bytes + total * slot.bb <= self.pool_bytes:
-                break
+        need = {sid: -(-self.seqs[sid].num_tokens // slot.bt) - self.blocks.num_logical(sid) for sid in slot.running}
+        total = sum(need.values())
+        while slot.running and not self.fits(slot, total):
             victim = next(reversed(slot.running))
-            need.pop(victim)
-            self._preempt(slot, self.seqs[victim], now)
+            total -= need.pop(victim)
+            seq = self.seqs[victim]
+            del slot.running[victim]
+            self.release(slot, victim)
+            seq.num_preemptions += 1
+            self.requeue_or_drop(slot, victim, seq.num_tokens, now)
         if not slot.running:
             return False
         for sid, n in need.items():
             if n > 0:
-                self._grant(slot, self.seqs[sid], n)
-        slot.decode_busy = True
-        self._launch(Job("decode", slot, [self.seqs[sid] for sid in slot.running], sm_pct, parts, now))
+                self.grant(slot, sid, n)
+        context = sum(self.seqs[sid].num_tokens - 1 for sid in slot.running)
+        self.launch_decode(slot, list(slot.running), context, now, sm_pct, parts)
         return True
-
-    def _preempt(self, slot: Slot, seq: Sequence, now: float) -> None:
-        del slot.running[seq.id]
-        self._release(slot, seq)
-        seq.num_preemptions += 1
-        if -(-(seq.num_tokens + 1) // slot.spec.block_tokens) * slot.bb > min(slot.quota_bytes, self.pool_bytes):
-            self._drop(slot, seq, now)
-        else:
-            slot.queue.appendleft(seq.id)  # recomputed from its prompt and output so far
-
-    def _launch(self, job: Job) -> None:
-        self.num_jobs += 1
-        self.sm_used += job.parts
-        self.started.append(job)
 
     # ------------------------------------------------------------ completion
     def finish(self, job: Job, tokens: list[int], now: float, accept: Callable[[Sequence, int, float], str | None]) -> None:
@@ -192,19 +142,14 @@ class Scheduler:
                 slot.in_prefill.remove(seq.id)
             if reason is not None:
                 slot.running.pop(seq.id, None)
-                self._release(slot, seq)
-                self.seqs.pop(seq.id, None)
-                self.book.arrival_s.pop(seq.id, None)
-                self._finish_seq(seq, reason)
+                self.release(slot, seq.id)
+                self._forget(seq, reason)
             elif job.kind == "prefill":
                 slot.pending.append(seq.id)
         if job.kind == "prefill":
-            slot.prefill_busy = False
-            self.num_prefills -= 1
+            self.end_prefill(slot, now)
         else:
-            slot.decode_busy = False
-        self.num_jobs -= 1
-        self.sm_used -= job.parts
+            self.end_decode(slot, now)
 
     def abort(self, seq_id: int) -> bool:
         """Forget a waiting or running sequence (its client went away); its blocks return to the pool.
@@ -221,8 +166,6 @@ class Scheduler:
             slot.pending.remove(seq_id)
         else:
             return False
-        self._release(slot, seq)
-        self.seqs.pop(seq_id, None)
-        self.book.arrival_s.pop(seq_id, None)
-        self._finish_seq(seq, "abort")
+        self.release(slot, seq_id)
+        self._forget(seq, "abort")
         return True

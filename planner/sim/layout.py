@@ -12,13 +12,11 @@ import numpy as np
 from muxplan.catalog import get_gpu, get_model
 from muxplan.files import InputError
 from muxplan.schema import GpuSpec, ModelSpec, Plan, Workload
-from planner.sim.slot import SmShares
+from unitsched.config import block_tokens
+from unitsched.slot import SmShares
 from planner.sim.trace import RequestTable
 from profiler.cost_model import CostModel
 from profiler.memory import kv_bytes_per_token_per_gpu
-
-BLOCK_TOKENS = 16  # tokens per KV block
-
 
 @dataclass
 class SlotSpec(SmShares):
@@ -36,6 +34,7 @@ class SlotSpec(SmShares):
     max_num_seqs: int
     kv_bytes: int
     block_bytes: int
+    block_tokens: int
     rate_rps: float
     cost: CostModel
     _prefill_memo: dict = field(default_factory=dict, repr=False)
@@ -43,7 +42,7 @@ class SlotSpec(SmShares):
 
     @property
     def kv_bytes_per_token(self) -> float:
-        return self.block_bytes / BLOCK_TOKENS
+        return self.block_bytes / self.block_tokens
 
     def prefill_s(self, sm_pct: int, batch: int, tokens: int) -> float:
         key = (sm_pct, batch, tokens)
@@ -79,7 +78,7 @@ class Layout:
     replicas: dict[int, list[tuple[int, int, float]]]  # model idx -> [(unit pos, slot idx, share)]
 
 
-def build_layout(plan: Plan, workload: Workload, cost: CostModel, block_tokens: int = BLOCK_TOKENS) -> Layout:
+def build_layout(plan: Plan, workload: Workload, cost: CostModel) -> Layout:
     """Resolve every placed model against the workload and the catalogs; bad references raise InputError."""
     index = {m.name: i for i, m in enumerate(workload.models)}
     units: list[UnitSpec] = []
@@ -99,14 +98,16 @@ def build_layout(plan: Plan, workload: Workload, cost: CostModel, block_tokens: 
                 spec = get_model(placed.model)
             except InputError as exc:
                 raise InputError(f"{where}.model: {exc}") from None
-            block_bytes = block_tokens * kv_bytes_per_token_per_gpu(spec, placed.tp)
             slots.append(SlotSpec(
                 unit=u, index=j, name=placed.name, model_idx=index[placed.name], spec=spec, gpu=gpu, tp=placed.tp,
                 prefill_sm_pct=placed.prefill_sm_pct, decode_sm_pct=placed.decode_sm_pct,
-                max_num_seqs=placed.max_num_seqs, kv_bytes=placed.kv_bytes, block_bytes=block_bytes,
+                max_num_seqs=placed.max_num_seqs, kv_bytes=placed.kv_bytes, block_bytes=0, block_tokens=0,
                 rate_rps=placed.rate_rps, cost=cost,
             ))
             replicas.setdefault(index[placed.name], []).append((u, j, placed.routing_share))
+        for s in slots:  # one block size per unit (the engine's rule): sized once every head size is known
+            s.block_tokens = block_tokens(s.spec.head_dim, [t.spec.head_dim for t in slots])
+            s.block_bytes = s.block_tokens * kv_bytes_per_token_per_gpu(s.spec, s.tp)
         units.append(UnitSpec(id=unit.id, node=unit.node, gpu=gpu, num_gpus=len(unit.gpu_ids), slots=tuple(slots)))
     return Layout(units=tuple(units), replicas=replicas)
 

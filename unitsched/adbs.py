@@ -1,4 +1,4 @@
-"""ADBS, the paper's adaptive batch scheduling (DESIGN.md §3), as a simulator policy.
+"""ADBS, adaptive batch scheduling (DESIGN.md §3), for the simulator and the engine alike.
 
 1. Prefill first, round-robin over models starting after the last one served; a prefill starts only if
    its job is idle, its SM parts fit and the model's KV quota admits the queue head.
@@ -13,22 +13,21 @@
 """
 from __future__ import annotations
 
-from planner.sim.layout import UnitSpec
-from planner.sim.policy import Policy, proportional_quotas, register
-from planner.sim.unit import UnitState
+from unitsched.config import ADBS_FLOOR, ADBS_GROW, ADBS_HOT_UTIL, ADBS_PERIOD_S
+from unitsched.policy import Policy, UnitSpecView, UnitView, proportional_quotas, register
 
 
 @register("adbs")
 class Adbs(Policy):
-    adapt_period_s = 8.0
-    hot_util = 0.9
-    grow = 0.1
-    floor = 0.25
+    adapt_period_s = ADBS_PERIOD_S
+    hot_util = ADBS_HOT_UTIL
+    grow = ADBS_GROW
+    floor = ADBS_FLOOR
 
-    def initial_quotas(self, unit: UnitSpec) -> list[int]:
+    def initial_quotas(self, unit: UnitSpecView) -> list[int]:
         return proportional_quotas(unit)
 
-    def schedule(self, unit: UnitState, now: float) -> None:
+    def schedule(self, unit: UnitView, now: float) -> None:
         slots, k = unit.slots, len(unit.slots)
         waiting = False
         first = unit.rr_prefill + 1
@@ -54,7 +53,7 @@ class Adbs(Policy):
             if unit.sm_used + parts <= unit.sm_cap and unit.start_decode(slot, now, slot.decode_sm, parts):
                 unit.rr_decode = slot.spec.index
 
-    def adapt(self, unit: UnitState, now: float) -> None:
+    def adapt(self, unit: UnitView, now: float) -> None:
         period = self.adapt_period_s
         for s in unit.slots:
             unit.touch_kv(s, now)

@@ -13,14 +13,13 @@
 from __future__ import annotations
 
 from muxplan.files import InputError
-from planner.sim.layout import Layout, UnitSpec
-from planner.sim.policy import FULL_PARTS, Policy, proportional_quotas, register
-from planner.sim.unit import UnitState
+from unitsched.config import FULL_PARTS
+from unitsched.policy import Policy, UnitSpecView, UnitView, proportional_quotas, register
 
 
 @register("fcfs")
 class Fcfs(Policy):
-    def schedule(self, unit: UnitState, now: float) -> None:
+    def schedule(self, unit: UnitView, now: float) -> None:
         book = unit.book
         jobs = []
         for slot in unit.slots:
@@ -42,10 +41,10 @@ class Fcfs(Policy):
 
 @register("round-robin")
 class RoundRobin(Policy):
-    def initial_quotas(self, unit: UnitSpec) -> list[int]:
+    def initial_quotas(self, unit: UnitSpecView) -> list[int]:
         return proportional_quotas(unit)
 
-    def schedule(self, unit: UnitState, now: float) -> None:
+    def schedule(self, unit: UnitView, now: float) -> None:
         slots, k = unit.slots, len(unit.slots)
         first = unit.rr_prefill + 1
         for i in range(k):
@@ -64,7 +63,7 @@ class RoundRobin(Policy):
 class Temporal(Policy):
     sm_cap_parts = FULL_PARTS
 
-    def schedule(self, unit: UnitState, now: float) -> None:
+    def schedule(self, unit: UnitView, now: float) -> None:
         if unit.num_jobs:
             return
         book = unit.book
@@ -83,7 +82,7 @@ class Temporal(Policy):
 
 @register("spatial")
 class Spatial(Temporal):
-    def check(self, layout: Layout) -> None:
+    def check(self, layout) -> None:
         for u, unit in enumerate(layout.units):
             if len(unit.slots) != 1:
                 names = ", ".join(s.name for s in unit.slots)

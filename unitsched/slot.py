@@ -1,15 +1,15 @@
 """What scheduling policies read of one model on a unit, shared by the simulated unit and the engine's scheduler.
 
-``SmShares`` turns a slot spec's SM percentages into the 10% parts the paper's runtime counts; ``SlotCore``
-holds the per-model state a policy decides on (queue, sequences in each phase, busy jobs, KV quota and
-its time-integrated use). Each mechanism subclasses it with what only it needs.
+``SmShares`` turns a slot spec's SM percentages into the 10% parts the runtime counts; ``SlotCore`` holds the
+per-model state a policy decides on (queue, sequences in each phase, busy jobs, KV quota and its
+time-integrated use). Each mechanism subclasses it with what only it needs.
 """
 from __future__ import annotations
 
 import math
 from collections import deque
 
-SM_PART_PCT = 10  # the paper's runtime counts SMs in 10% parts
+from unitsched.config import SM_PART_PCT
 
 
 class SmShares:
@@ -31,6 +31,7 @@ class SlotCore:
     def __init__(self, spec, quota_bytes: int):
         self.spec = spec
         self.bb = spec.block_bytes  # bytes of one KV block of this model
+        self.bt = spec.block_tokens  # tokens of one KV block of this model
         self.queue: deque[int] = deque()
         self.in_prefill: list[int] = []
         self.pending: list[int] = []  # prefilled, join the next decode step
@@ -40,6 +41,8 @@ class SlotCore:
         self.initial_quota_bytes = quota_bytes
         self.prefill_busy = False
         self.decode_busy = False
+        self.prefill_parts_used = 0
+        self.decode_parts_used = 0
         self.kv_area = 0.0  # block-seconds held since the last quota adaptation
         self.kv_t = 0.0
         self.prefill_sm = spec.prefill_sm_pct
