@@ -131,6 +131,8 @@ def test_bounds_give_413_and_400_naming_the_limit(router):
     (b'{"model": "a", "prompt": "Hi", "seed": -Infinity}', "request body must be JSON: -Infinity is not valid JSON"),
     (b'{"model": "a", "prompt": "Hi", "temperature": 1e999}', "request body must be JSON: 1e999 is out of range"),
     (b"[" * 100_000 + b"]" * 100_000, "request body must be JSON: nested too deeply"),
+    (b'{"model": "a", "prompt": ' + b"[" * 900 + b"]" * 900 + b', "max_tokens": 5000}',  # parsed, then walked without recursion
+     "max_tokens 5000 exceeds model 'a''s context of 2048 tokens"),
     (b'{"model": "a", "stream": "yes"}', "field 'stream' must be true or false"),
     (b'{"model": 7}', "field 'model' is required"),
     (b'"a"', "request body must be a JSON object"),
