@@ -153,6 +153,8 @@ class Connection(asyncio.Protocol):
     def finish(self) -> None:
         """The response was read to its end: back to the pool if the backend keeps the connection alive."""
         if not self.closed and self.keep_alive:
+            if self.paused:  # a large body read whole: the next response must not find reading paused
+                self.transport.resume_reading()
             self.reset()
             self.idle_since = time.monotonic()
             self.pool.idle.setdefault(self.key, []).append(self)

@@ -219,3 +219,15 @@ def test_health_follows_probes_not_one_failed_request(router):
     wait_until(lambda: not a1.failed, timeout_s=5, what="the probe to mark the replica up again")
     assert json.loads(urllib.request.urlopen(router.url + "/health", timeout=2).read()) == {"status": "ok", "down": []}
     assert router.post("/v1/completions", json.dumps({"model": "b", "prompt": "Hi"}).encode())[0] == 200
+
+
+def test_large_answers_are_relayed_whole_and_the_connection_reused(stubs):
+    state = router_state({"b": [stubs["a1"]]})
+    state.context_tokens["b"] = 10**7  # given, so the probe keeps it
+    with RouterThread(state) as r:
+        c = r.client(timeout=60)
+        for n in (3_000_000, 1, 2_000_000):
+            assert len(c.completions.create(model="b", prompt="Hi", max_tokens=n).choices[0].text) == n
+        streamed = "".join(ch.choices[0].text for ch in c.completions.create(model="b", prompt="Hi", max_tokens=20_000, stream=True))
+        assert streamed == "x" * 20_000
+        assert r.metric("muxplan_router_replica_failures_total", "b") == 0 and state.admission.in_flight == {"b": 0}
