@@ -7,7 +7,8 @@ separate processes on loopback, then measures with one aiohttp client: latency p
 (max_tokens 1), req/s at concurrency 8, and streaming time to first byte at concurrency 1; req/s at
 concurrency 8 also with the official openai client (AsyncOpenAI on httpx, ~10x the client CPU of aiohttp,
 so the router's share of the 2 cores is smaller). Direct and
-routed runs alternate in rounds so drift on the shared cores hits both alike.
+routed runs alternate in rounds so drift on the shared cores hits both alike. A third path, a byte pipe with no
+HTTP at all, shows what any proxy process costs on these two cores.
 """
 from __future__ import annotations
 
@@ -56,6 +57,41 @@ def serve_router(port: int, backend: str) -> None:
 
     state = RouterState({"stub": [Replica("stub", backend, 1.0, 0, "p0", healthy=True)]}, Admission({"stub": 1024}), {"stub": 1.0})
     uvicorn.run(create_app(state), host="127.0.0.1", port=port, log_level="warning")
+
+
+def serve_pipe(port: int, backend_port: int) -> None:
+    """A floor for any proxy: each client connection piped byte for byte to its own backend connection (no HTTP)."""
+    import uvloop
+
+    class Up(asyncio.Protocol):
+        def __init__(self, down):
+            self.down = down
+
+        def data_received(self, data):
+            self.down.write(data)
+
+    class Down(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport, self.up, self.early = transport, None, []
+            asyncio.get_running_loop().create_task(self.connect())
+
+        async def connect(self):
+            self.up, _ = await asyncio.get_running_loop().create_connection(lambda: Up(self.transport), "127.0.0.1", backend_port)
+            for data in self.early:
+                self.up.write(data)
+
+        def data_received(self, data):
+            self.up.write(data) if self.up else self.early.append(data)
+
+        def connection_lost(self, exc):
+            if self.up:
+                self.up.close()
+
+    async def run():
+        server = await asyncio.get_running_loop().create_server(Down, "127.0.0.1", port)
+        await server.serve_forever()
+
+    uvloop.run(run())
 
 
 def wait_up(url: str, deadline_s: float = 60.0) -> None:
@@ -157,18 +193,23 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=1000, help="sequential requests per path (c=8 runs twice as many)")
     ap.add_argument("--out", default="bench/results/router_overhead.json")
     ap.add_argument("--serve-router", nargs=2, metavar=("PORT", "BACKEND"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve-pipe", nargs=2, type=int, metavar=("PORT", "BACKEND_PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_router:
         return serve_router(int(args.serve_router[0]), args.serve_router[1])
-    stub_port, router_port = free_port(), free_port()
+    if args.serve_pipe:
+        return serve_pipe(*args.serve_pipe)
+    stub_port, router_port, pipe_port = free_port(), free_port(), free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "bench.router_stub", "--port", str(stub_port), "--models", "stub"], cwd=ROOT),
              subprocess.Popen([sys.executable, "-m", "bench.router_overhead", "--serve-router", str(router_port), f"http://127.0.0.1:{stub_port}"],
-                              cwd=ROOT)]
+                              cwd=ROOT),
+             subprocess.Popen([sys.executable, "-m", "bench.router_overhead", "--serve-pipe", str(pipe_port), str(stub_port)], cwd=ROOT)]
     try:
         wait_up(f"http://127.0.0.1:{stub_port}/health")
         wait_up(f"http://127.0.0.1:{router_port}/health")
-        res = asyncio.run(measure({"direct": f"http://127.0.0.1:{stub_port}", "router": f"http://127.0.0.1:{router_port}"}, args.requests,
-                                  procs[1].pid))
+        wait_up(f"http://127.0.0.1:{pipe_port}/health")
+        res = asyncio.run(measure({"direct": f"http://127.0.0.1:{stub_port}", "router": f"http://127.0.0.1:{router_port}",
+                                   "pipe": f"http://127.0.0.1:{pipe_port}"}, args.requests, procs[1].pid))
     finally:
         for p in procs:
             p.terminate()
@@ -178,7 +219,7 @@ def main() -> None:
     added = {"p50_ms": r["p50_ms"] - d["p50_ms"], "p99_ms": r["p99_ms"] - d["p99_ms"], "ttfb_p50_ms": r["ttfb_p50_ms"] - d["ttfb_p50_ms"],
              "rps_ratio": r["rps_c8"] / d["rps_c8"], "rps_ratio_paired_median": paired,
              "rps_ratio_openai": r["rps_c8_openai"] / d["rps_c8_openai"], "router_cpu_us_per_request": cpu_us,
-             "router_one_core_rps": 1e6 / cpu_us}
+             "router_one_core_rps": 1e6 / cpu_us, "pipe_rps_ratio": res["pipe"]["rps_c8"] / d["rps_c8"]}
     print(f"router overhead vs a FastAPI stub ({args.requests} req at c=1 per path, {2 * args.requests} at c=8, {os.cpu_count()} CPUs)")
     print(f"{'path':<8}{'p50 ms':>9}{'p99 ms':>9}{'req/s c=8':>11}{'(openai)':>10}{'TTFB p50':>10}{'TTFB p99':>10}")
     for k, v in res.items():
@@ -187,7 +228,8 @@ def main() -> None:
     print(f"{'added':<8}{added['p50_ms']:>9.2f}{added['p99_ms']:>9.2f}{added['rps_ratio']:>10.0%} {added['rps_ratio_openai']:>9.0%}"
           f"{added['ttfb_p50_ms']:>10.2f}")
     print(f"c=8 router/direct req/s, median of {ROUNDS} paired rounds: {paired:.0%}; router CPU {cpu_us:.0f} us per request "
-          f"(= {1e6 / cpu_us:.0f} req/s on a core of its own)")
+          f"(= {1e6 / cpu_us:.0f} req/s on a core of its own); a byte pipe (no HTTP, the floor for any proxy): "
+          f"{added['pipe_rps_ratio']:.0%}")
     write_text_atomic(args.out, json.dumps({**res, "added": added, "requests": args.requests, "cpus": os.cpu_count()}, indent=1))
 
 

@@ -25,11 +25,15 @@ class UpstreamError(Exception):
         self.before_response = before_response
 
 
-class Response:
-    __slots__ = ("status", "content_type", "_conn", "_done")
+class UpstreamTimeout(UpstreamError):
+    """The backend is connected but silent: slow, not necessarily down."""
 
-    def __init__(self, status: int, content_type: str, conn: "Connection"):
-        self.status, self.content_type, self._conn = status, content_type, conn
+
+class Response:
+    __slots__ = ("status", "content_type", "_conn", "_done", "_idle_s")
+
+    def __init__(self, status: int, content_type: str, conn: "Connection", idle_s: float):
+        self.status, self.content_type, self._conn, self._idle_s = status, content_type, conn, idle_s
         self._done = False
 
     async def read(self) -> bytes:
@@ -60,8 +64,16 @@ class Response:
                 return
             if c.error:
                 raise c.error
-            c.wake = asyncio.get_running_loop().create_future()
-            await c.wake
+            loop = asyncio.get_running_loop()
+            c.wake = loop.create_future()
+            timer = loop.call_later(self._idle_s, _expire, c.wake)
+            try:
+                await c.wake
+            except TimeoutError:
+                c.abort()
+                raise UpstreamTimeout(f"the backend sent nothing for {self._idle_s:g} s", before_response=False) from None
+            finally:
+                timer.cancel()
 
     def close(self) -> None:
         """Drop the connection unless the response was read to its end (then it went back to the pool)."""
@@ -104,7 +116,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.closed = True
         if not self.complete:
-            self._fail(UpstreamError("backend closed the connection", before_response=not self.got_data))
+            self._fail(UpstreamError("the backend closed the connection", before_response=not self.got_data))
 
     def _fail(self, err: UpstreamError) -> None:
         self.error = err
@@ -141,6 +153,8 @@ class Connection(asyncio.Protocol):
     def finish(self) -> None:
         """The response was read to its end: back to the pool if the backend keeps the connection alive."""
         if not self.closed and self.keep_alive:
+            if self.paused:  # a large body read whole: the next response must not find reading paused
+                self.transport.resume_reading()
             self.reset()
             self.idle_since = time.monotonic()
             self.pool.idle.setdefault(self.key, []).append(self)
@@ -185,7 +199,7 @@ class Pool:
 
     async def request(self, host: str, port: int, head: bytes, body: bytes, timeout_s: float) -> Response:
         """Send ``head`` (request line and headers, ending in a blank line) and ``body``; return once the
-        response headers are in. A reused connection found dead before any response byte is retried once fresh."""
+        response headers are in. ``timeout_s`` bounds the wait for them and every later wait for body bytes. A reused connection found dead before any response byte is retried once fresh."""
         key = (host, port)
         conn = self._reuse(key)
         loop = asyncio.get_running_loop()
@@ -206,7 +220,7 @@ class Pool:
                 raise
             finally:
                 timer.cancel()
-            return Response(status, conn.content_type.decode("latin-1"), conn)
+            return Response(status, conn.content_type.decode("latin-1"), conn, timeout_s)
         raise AssertionError("unreachable")
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ import time
 
 from executor.admission import QueueFull, QueueTimeout
 from executor.router import respond, respond_error
-from executor.router_http import UpstreamError
+from executor.router_http import UpstreamError, UpstreamTimeout
 from executor.router_request import RequestError
 
 WATCH_AFTER_S = 0.02  # when the router starts watching for the client's disconnect
@@ -83,6 +83,10 @@ class Relay:
                 watcher.cancel()
             self.metrics.count(model, status)
 
+    def mark_down_unless_slow(self, replica, exc: UpstreamError) -> None:
+        if not isinstance(exc, UpstreamTimeout):
+            self.upstream.mark_down(replica)
+
     async def forward(self, send, model: str, path: str, body: bytes, start: float) -> int:
         resp, replica = await self.upstream.open(model, path, body)
         m = self.metrics.per_model[model]
@@ -92,9 +96,10 @@ class Relay:
             if not ctype.startswith("text/event-stream"):
                 try:
                     data = await resp.read()
-                except UpstreamError:
-                    self.upstream.mark_down(replica)
-                    raise RequestError(503, f"model '{model}': backend failed before its response was complete", retry_after_s=5) from None
+                except UpstreamError as exc:
+                    self.mark_down_unless_slow(replica, exc)
+                    raise RequestError(503, f"model '{model}': the backend failed before its response was complete ({exc})",
+                                       retry_after_s=5) from None
                 m["response_bytes"].observe(len(data))
                 await respond(send, resp.status, data, ctype.encode())
                 return resp.status
@@ -124,9 +129,9 @@ class Relay:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if not tail.rstrip().endswith(b"[DONE]"):
                 error = f"model '{model}': the backend ended the stream early"
-        except UpstreamError:
-            self.upstream.mark_down(replica)
-            error = f"model '{model}': the backend failed mid-stream"
+        except UpstreamError as exc:
+            self.mark_down_unless_slow(replica, exc)
+            error = f"model '{model}': the backend failed mid-stream ({exc})"
         if error:
             m["stream_errors"].inc()
             await send({"type": "http.response.body", "body": _sse_error(503, error), "more_body": True})

@@ -59,14 +59,21 @@ def _text_tokens(text: str) -> int:
 
 
 def _prompt_tokens(prompt) -> int:
-    """Completions' ``prompt``: a string, token ids, or a batch of either."""
+    """Completions' ``prompt``: a string, token ids, or a batch of either (the longest counts). Other shapes
+    count 0 and are the backend's to refuse; nothing here recurses, so nesting cannot exhaust the stack."""
     if isinstance(prompt, str):
         return _text_tokens(prompt)
-    if isinstance(prompt, list) and prompt:
-        if all(isinstance(p, int) for p in prompt):
-            return len(prompt)
-        return max(_prompt_tokens(p) for p in prompt if isinstance(p, (str, list))) if any(isinstance(p, (str, list)) for p in prompt) else 0
-    return 0
+    if not isinstance(prompt, list):
+        return 0
+    if all(isinstance(t, int) for t in prompt):
+        return len(prompt)
+    longest = 0
+    for p in prompt:
+        if isinstance(p, str):
+            longest = max(longest, _text_tokens(p))
+        elif isinstance(p, list) and all(isinstance(t, int) for t in p):
+            longest = max(longest, len(p))
+    return longest
 
 
 def _messages_tokens(messages) -> int:

@@ -28,6 +28,10 @@ def test_errors_are_4xx_or_503_with_messages():
     models = {m["id"]: m for m in c.get("/v1/models", headers=auth).json()["data"]}
     assert models["a"]["replicas"] == 2 and models["a"]["units"] == [0, 1] and models["a"]["healthy_replicas"] == 0
     assert 'muxplan_plan_predicted_rps{model="a"} 3.0' in c.get("/metrics").text
+    r = c.get("/v1/completions", headers=auth)
+    assert (r.status_code, r.json()["error"]["message"]) == (405, "/v1/completions takes POST")
+    r = c.get("/v2/x", headers=auth)
+    assert (r.status_code, r.json()["error"]["message"]) == (404, "no route /v2/x")
 
 
 def test_routing_follows_shares_over_healthy_replicas():

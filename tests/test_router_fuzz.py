@@ -18,7 +18,8 @@ FIELDS = st.fixed_dictionaries({}, optional={
     "max_tokens": st.integers(-5, 5000) | JSON, "stream": st.booleans() | JSON, "temperature": JSON,
     "max_completion_tokens": st.integers(-1, 3000) | JSON}).flatmap(lambda d: st.dictionaries(st.text(max_size=6), JSON, max_size=3).map(
         lambda extra: {**{k: v for k, v in extra.items() if k != "stub"}, **d}))
-RAW = st.binary(max_size=200) | st.sampled_from([b"NaN", b"[" * 5000, b'{"model": "a", "prompt": 1e999}', b"{" * 100_000, b""])
+DEEP = st.integers(1, 1200).map(lambda d: b'{"model": "a", "prompt": ' + b"[" * d + b"]" * d + b', "messages": ' + b"[" * d + b"]" * d + b"}")
+RAW = st.binary(max_size=200) | DEEP | st.sampled_from([b"NaN", b"[" * 5000, b'{"model": "a", "prompt": 1e999}', b"{" * 100_000, b""])
 HEADER_TEXT = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7e), min_size=1, max_size=30)
 HEADER_NAME = st.from_regex(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,20}", fullmatch=True)  # RFC 9110 tokens: others are malformed HTTP
 
@@ -33,11 +34,11 @@ def test_the_parser_only_raises_request_errors(body):
         assert exc.status == 400 and exc.message and "\n" not in exc.message
 
 
-@given(raw=RAW)
+@given(raw=RAW, chat=st.booleans())
 @settings(max_examples=200, deadline=None)
-def test_raw_bytes_only_raise_request_errors(raw):
+def test_raw_bytes_only_raise_request_errors(raw, chat):
     try:
-        parse_request(raw, chat=False)
+        parse_request(raw, chat=chat)
     except RequestError as exc:
         assert exc.status == 400
 
