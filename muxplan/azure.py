@@ -17,7 +17,8 @@ import numpy as np
 
 from muxplan.files import InputError, load_trace
 from muxplan.schema import MAX_TOKENS, LengthDist, Slo, TraceRow, Workload, WorkloadModel
-from muxplan.workload import empirical, measured_span_problem, popularity_ranks, popularity_rates, served_names
+from muxplan.measured import empirical, measured_span_problem
+from muxplan.workload import popularity_ranks, popularity_rates, served_names
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 AZURE_ATTRIBUTION = (
