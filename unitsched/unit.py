@@ -47,7 +47,7 @@ class UnitCore:
         slot.blocks += blocks
         self.used_bytes += blocks * slot.bb
 
-    def release(self, slot, req: int, blocks: int) -> None:
+    def release(self, slot, blocks: int) -> None:
         slot.blocks -= blocks
         self.used_bytes -= blocks * slot.bb
 

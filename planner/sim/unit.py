@@ -78,7 +78,7 @@ class UnitState(UnitCore):
             if book.first_token_s[req] != book.first_token_s[req]:  # NaN: first time
                 book.first_token_s[req] = now
             if book.generated[req] >= book.output[req]:
-                self.release(slot, req, -(-(book.prompt[req] + book.generated[req] - 1) // slot.bt))
+                self.release(slot, -(-(book.prompt[req] + book.generated[req] - 1) // slot.bt))
                 book.finish_s[req] = now
                 book.num_open -= 1
             else:
@@ -117,7 +117,7 @@ class UnitState(UnitCore):
         phase = (s0 - ctx0) % bt
         slot.phase_count[phase] -= 1
         slot.ctx_sum -= ctx
-        self.release(slot, req, -(-ctx // bt))
+        self.release(slot, -(-ctx // bt))
         book.generated[req] += slot.step - s0
         book.preemptions[req] += 1
         self.requeue_or_drop(slot, req, ctx + 1, now)
@@ -139,8 +139,7 @@ class UnitState(UnitCore):
             ctx = ctx0 + step - s0
             slot.ctx_sum -= ctx
             slot.phase_count[(s0 - ctx0) % bt] -= 1
-            slot.blocks -= -(-ctx // bt)
-            self.used_bytes -= -(-ctx // bt) * slot.bb
+            self.release(slot, -(-ctx // bt))
             book.generated[req] += step - s0
             book.finish_s[req] = now
             book.num_open -= 1
