@@ -16,6 +16,7 @@ from planner.sim.engine import simulate_plan  # noqa: E402
 from tests.engine_fixtures import colocated_plan  # noqa: E402
 from tests.sim_fixtures import ToyCost, make_workload  # noqa: E402
 from unitsched.adbs import Adbs  # noqa: E402
+from unitsched.policy import UnitView  # noqa: E402
 
 PHYS_BLOCK_BYTES = 2 * 16 * 32 * 4  # 16 tokens of the unit's largest head size (32), K and V, float32
 
@@ -117,6 +118,7 @@ def test_simulator_and_engine_make_the_same_decisions_with_two_head_sizes_and_pr
     engine = Engine(served, policy=FastAdbs(), clock=clock, jobs=VirtualJobs(cost, clock), log_events=True)
     replay_on_engine(engine, clock, rows, FastAdbs.adapt_period_s)
 
+    assert isinstance(engine.scheduler, UnitView)
     assert [s.spec.block_tokens for s in engine.scheduler.slots] == [16, 32]
     sim_log = [(round(t * 1e9), model, kind, n) for t, _, model, kind, n in sim.event_log]
     engine_log = [(round(t * 1e9), model, kind, n) for t, _, model, kind, n in engine.event_log]
@@ -141,3 +143,13 @@ def test_simulator_and_engine_make_the_same_decisions_with_two_head_sizes_and_pr
     assert quotas[0] == (466033, 58255) and sum(quotas[0]) == sum(kv_bytes.values())
     assert quotas[6:10] == [(460208, 64080), (491520, 32768), (491520, 32768), (507904, 16384)]
     assert quotas[-1] == (509725, 14563)  # b is held at its floor: a quarter of its initial quota
+
+
+def test_the_simulated_unit_implements_the_policy_contract():
+    from planner.sim.layout import build_layout
+    from planner.sim.unit import Book, UnitState
+    from tests.sim_fixtures import make_plan, placed
+
+    layout = build_layout(make_plan([[placed("a", 2**20)]]), make_workload(["a"], [(0.0, "a", 10, 2)]), ToyCost())
+    unit = UnitState(layout.units[0], 0, Book([], [], []), lambda *event: None, [2**20], 12, None)
+    assert isinstance(unit, UnitView) and not isinstance(object(), UnitView)
