@@ -72,7 +72,7 @@ class UnitState(UnitCore):
 
     def finish_prefill(self, slot: SlotState, now: float) -> None:
         book = self.book
-        self.touch_kv(slot, now)
+        slot.touch_kv(now)
         for req in slot.in_prefill:
             book.generated[req] += 1
             if book.first_token_s[req] != book.first_token_s[req]:  # NaN: first time
@@ -89,7 +89,7 @@ class UnitState(UnitCore):
     def start_decode(self, slot: SlotState, now: float, sm_pct: int, parts: int) -> bool:
         """Run one step of every running sequence; preempt the newest while the step's new blocks do not fit."""
         book, step, bt = self.book, slot.step, slot.bt
-        self.touch_kv(slot, now)
+        slot.touch_kv(now)
         for req in slot.pending:
             ctx0 = book.prompt[req] + book.generated[req] - 1
             slot.running[req] = (step, ctx0)
@@ -125,7 +125,7 @@ class UnitState(UnitCore):
 
     def finish_decode(self, slot: SlotState, now: float) -> None:
         book, bt = self.book, slot.bt
-        self.touch_kv(slot, now)
+        slot.touch_kv(now)
         slot.ctx_sum += len(slot.running)
         slot.step += 1
         step = slot.step
