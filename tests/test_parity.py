@@ -16,6 +16,7 @@ from planner.sim.engine import simulate_plan  # noqa: E402
 from tests.engine_fixtures import colocated_plan  # noqa: E402
 from tests.sim_fixtures import ToyCost, make_workload  # noqa: E402
 from unitsched.adbs import Adbs  # noqa: E402
+from unitsched.policy import UnitView, get_policy  # noqa: E402
 
 PHYS_BLOCK_BYTES = 2 * 16 * 32 * 4  # 16 tokens of the unit's largest head size (32), K and V, float32
 
@@ -67,10 +68,10 @@ class Clock:
         return self.now_s
 
 
-def replay_on_engine(engine: Engine, clock: Clock, rows, period_s: float) -> None:
+def replay_on_engine(engine: Engine, clock: Clock, rows, period_s: float | None) -> None:
     """Advance the clock event by event in the simulator's order (job ends before arrivals at equal times),
     stepping the engine once per event and once more after every finished job (the policy schedules then)."""
-    jobs, i, next_adapt = engine.jobs, 0, period_s
+    jobs, i, next_adapt = engine.jobs, 0, period_s or float("inf")
     while i < len(rows) or engine.has_work():
         if engine.step():
             continue
@@ -95,32 +96,47 @@ def trace_rows():
     return [(float(t), "a" if k % 3 else "b", int(rng.integers(10, 120)), int(rng.integers(3, 30))) for k, t in enumerate(times)]
 
 
-def test_simulator_and_engine_make_the_same_decisions_with_two_head_sizes_and_preemption(tiny_models, tmp_path):
+KV_BYTES = {"a": 24 * 4 * PHYS_BLOCK_BYTES, "b": 16 * 2 * PHYS_BLOCK_BYTES}  # 24 blocks of a, 16 of b: preemption
+RATES = {"a": 2.0, "b": 1.0}
+
+
+def two_head_sizes(tiny_models, tmp_path) -> dict:
+    """The tiny Llama (head size 32, 16-token blocks) and a model of head size 16 (32-token blocks, random weights)."""
     config = json.loads((tiny_models["llama"] / "config.json").read_text())
     config.update(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=1, head_dim=16)
-    small = tmp_path / "small.json"  # head size 16 beside the tiny Llama's 32: 32-token blocks, random weights
+    small = tmp_path / "small.json"
     small.write_text(json.dumps(config))
-    paths = {"a": tiny_models["llama"], "b": small}
-    kv_bytes = {"a": 24 * 4 * PHYS_BLOCK_BYTES, "b": 16 * 2 * PHYS_BLOCK_BYTES}
-    rates = {"a": 2.0, "b": 1.0}
-    plan = colocated_plan(paths, rates=rates, sm=(60, 40))
+    return {"a": tiny_models["llama"], "b": small}
+
+
+def run_both(paths: dict, rows, policy_cls):
+    """(simulator result, engine) after replaying ``rows`` on one unit hosting ``paths`` under the policy."""
+    plan = colocated_plan(paths, rates={n: RATES[n] for n in paths}, sm=(60, 40))
     unit = plan.units[0]
-    models = [m.model_copy(update={"kv_bytes": kv_bytes[m.name]}) for m in unit.models]
+    models = [m.model_copy(update={"kv_bytes": KV_BYTES[m.name]}) for m in unit.models]
     plan = plan.model_copy(update={"units": [unit.model_copy(update={"models": models})]})
-    rows = trace_rows()
     cost = ToyCost(ctx_ms=0.01)
-
-    sim = simulate_plan(plan, make_workload(["a", "b"], rows, [rates["a"], rates["b"]]), cost, policy=FastAdbs(), log_events=True)
-
+    names = list(paths)
+    sim = simulate_plan(plan, make_workload(names, rows, [RATES[n] for n in names]), cost, policy=policy_cls(), log_events=True)
     clock = Clock()
-    served = [ServedModel(n, str(paths[n]), kv_bytes[n], 60, 40, 64, rates[n]) for n in ("a", "b")]
-    engine = Engine(served, policy=FastAdbs(), clock=clock, jobs=VirtualJobs(cost, clock), log_events=True)
-    replay_on_engine(engine, clock, rows, FastAdbs.adapt_period_s)
+    served = [ServedModel(n, str(paths[n]), KV_BYTES[n], 60, 40, 64, RATES[n]) for n in names]
+    engine = Engine(served, policy=policy_cls(), clock=clock, jobs=VirtualJobs(cost, clock), log_events=True)
+    replay_on_engine(engine, clock, rows, policy_cls.adapt_period_s)
+    return sim, engine
 
+
+def event_log(log) -> list[tuple]:
+    return [(round(t * 1e9), model, kind, n) for t, _, model, kind, n in log]
+
+
+def test_simulator_and_engine_make_the_same_decisions_with_two_head_sizes_and_preemption(tiny_models, tmp_path):
+    rows = trace_rows()
+    kv_bytes = KV_BYTES
+    sim, engine = run_both(two_head_sizes(tiny_models, tmp_path), rows, FastAdbs)
+    assert isinstance(engine.scheduler, UnitView)
     assert [s.spec.block_tokens for s in engine.scheduler.slots] == [16, 32]
-    sim_log = [(round(t * 1e9), model, kind, n) for t, _, model, kind, n in sim.event_log]
-    engine_log = [(round(t * 1e9), model, kind, n) for t, _, model, kind, n in engine.event_log]
-    assert engine_log == sim_log
+    sim_log = event_log(sim.event_log)
+    assert event_log(engine.event_log) == sim_log
     assert engine.quota_history == sim.quota_history[0]
     by_id = sorted(engine.finished, key=lambda s: s.id)
     assert [s.num_preemptions for s in by_id] == sim.records["preemptions"].tolist()
@@ -141,3 +157,27 @@ def test_simulator_and_engine_make_the_same_decisions_with_two_head_sizes_and_pr
     assert quotas[0] == (466033, 58255) and sum(quotas[0]) == sum(kv_bytes.values())
     assert quotas[6:10] == [(460208, 64080), (491520, 32768), (491520, 32768), (507904, 16384)]
     assert quotas[-1] == (509725, 14563)  # b is held at its floor: a quarter of its initial quota
+
+
+def test_the_simulated_unit_implements_the_policy_contract():
+    from planner.sim.layout import build_layout
+    from planner.sim.unit import Book, UnitState
+    from tests.sim_fixtures import make_plan, placed
+
+    layout = build_layout(make_plan([[placed("a", 2**20)]]), make_workload(["a"], [(0.0, "a", 10, 2)]), ToyCost())
+    unit = UnitState(layout.units[0], 0, Book([], [], []), lambda *event: None, [2**20], 12, None)
+    assert isinstance(unit, UnitView) and not isinstance(object(), UnitView)
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "round-robin", "temporal", "spatial"])
+def test_every_policy_decides_the_same_in_the_simulator_and_the_engine(tiny_models, tmp_path, policy):
+    paths = two_head_sizes(tiny_models, tmp_path)
+    if policy == "spatial":
+        paths = {"a": paths["a"]}  # one model per unit
+    rows = [r for r in trace_rows() if r[1] in paths]
+    sim, engine = run_both(paths, rows, type(get_policy(policy)))
+    log = event_log(sim.event_log)
+    assert event_log(engine.event_log) == log
+    assert engine.quota_history == sim.quota_history[0] and len(sim.quota_history[0]) == 1
+    assert [s.num_preemptions for s in sorted(engine.finished, key=lambda s: s.id)] == sim.records["preemptions"].tolist()
+    assert {k for _, _, k, _ in log} >= {"prefill", "decode"}

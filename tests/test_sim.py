@@ -189,3 +189,15 @@ def test_compare_entries_resolve_to_runs_and_duplicates_are_rejected(tmp_path):
         ("one+adbs", "adbs", 1), ("two+adbs", "adbs", 2), ("one+temporal", "temporal", 1), ("spatial", "spatial", 1)]
     with pytest.raises(InputError, match="--compare: 'one\\+temporal' is given twice"):
         resolve_runs(plan, "one", "adbs", ["temporal", "temporal"], wl, ToyCost())
+
+
+def test_blocks_are_one_size_per_unit_so_a_smaller_head_fits_more_tokens():
+    from planner.sim.layout import build_layout
+    from profiler.memory import kv_bytes_per_token_per_gpu
+
+    small = placed("b", GIB).model_copy(update={"model": "llama-3.2-1b"})  # head size 64 beside llama-7b's 128
+    layout = build_layout(make_plan([[placed("a", GIB), small], [placed("c", GIB)]]), make_workload(["a", "b", "c"], []), ToyCost())
+    (a, b), (c,) = layout.units[0].slots, layout.units[1].slots
+    assert (a.block_tokens, b.block_tokens, c.block_tokens) == (16, 32, 16)
+    assert a.block_bytes == 16 * 524288 and b.block_bytes == 32 * kv_bytes_per_token_per_gpu(b.spec, 1)
+    assert a.block_bytes // (a.spec.num_layers * a.spec.num_kv_heads) == b.block_bytes // (b.spec.num_layers * b.spec.num_kv_heads)

@@ -6,7 +6,7 @@ The simulator's ``UnitState`` and the engine's ``Scheduler`` both implement ``Un
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from muxplan.files import InputError
 from unitsched.config import OVERBOOK_PARTS
@@ -31,6 +31,7 @@ class UnitSpecView(Protocol):
     pool_bytes: int
 
 
+@runtime_checkable
 class UnitView(Protocol):
     """What a policy reads of a unit at run time and the calls it makes; the unit executes them."""
 

@@ -47,7 +47,7 @@ class UnitCore:
         slot.blocks += blocks
         self.used_bytes += blocks * slot.bb
 
-    def release(self, slot, req: int, blocks: int) -> None:
+    def release(self, slot, blocks: int) -> None:
         slot.blocks -= blocks
         self.used_bytes -= blocks * slot.bb
 
@@ -82,7 +82,7 @@ class UnitCore:
     def start_prefill(self, slot, now: float, sm_pct: int, parts: int) -> None:
         """Batch queued prompts (up to the token budget, the seat cap and the KV quota) into one pass."""
         batch, tokens = [], 0
-        self.touch_kv(slot, now)
+        slot.touch_kv(now)
         while slot.queue and self.head_fits(slot):
             req = slot.queue[0]
             ctx = self.context_tokens(req)
@@ -103,10 +103,16 @@ class UnitCore:
         self.run_job(slot, "prefill", batch, tokens, now, sm_pct)
 
     def launch_decode(self, slot, batch: list[int], context_tokens: int, now: float, sm_pct: int, parts: int) -> None:
+        # ``_begin`` inlined: once per decode step, the simulator's hot path
         slot.decode_busy = True
         slot.decode_parts_used = parts
         self.num_decode_steps += 1
-        self._begin(slot, "decode", len(batch), now, parts)
+        self.num_jobs += 1
+        self.sm_area += self.sm_used * (now - self.sm_t)
+        self.sm_t = now
+        self.sm_used += parts
+        if self.log is not None:
+            self.log.append((now, self.unit_id, slot.spec.name, "decode", len(batch)))
         self.run_job(slot, "decode", batch, context_tokens, now, sm_pct)
 
     def _begin(self, slot, kind: str, n: int, now: float, parts: int) -> None:
@@ -125,7 +131,9 @@ class UnitCore:
     def end_decode(self, slot, now: float) -> None:
         slot.decode_busy = False
         self.num_jobs -= 1
-        self._set_sm(now, -slot.decode_parts_used)
+        self.sm_area += self.sm_used * (now - self.sm_t)  # ``_set_sm`` inlined (once per decode step)
+        self.sm_t = now
+        self.sm_used -= slot.decode_parts_used
 
     # ------------------------------------------------------------ preemption
     def requeue_or_drop(self, slot, req: int, num_tokens: int, now: float) -> None:

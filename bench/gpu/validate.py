@@ -166,9 +166,9 @@ def step_attention(device: str, batch: int, context: int, heads: int, kv_heads: 
     import torch
 
     from executor.engine.attention import decode_paged, decode_reference
+    from unitsched.config import BASE_BLOCK_TOKENS as block_tokens  # one head size: the base block
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    block_tokens = 16
     num_logical = -(-context // block_tokens)
     gen = torch.Generator(device=device).manual_seed(0)
     cache = torch.randn(batch * num_logical * kv_heads, 2, block_tokens, head_dim, device=device, dtype=dtype, generator=gen)

@@ -26,10 +26,10 @@ from executor.engine.sequence import Sequence
 from muxplan.catalog import get_model
 from muxplan.files import InputError
 from profiler.measure import ProbeInfo, ProfileRequest
+from unitsched.config import BASE_BLOCK_TOKENS as BLOCK_TOKENS  # one head size: the base block
 
 CPU_POOL_BYTES = 2 * 2**30
 GPU_POOL_FRACTION = 0.85
-from unitsched.config import BASE_BLOCK_TOKENS as BLOCK_TOKENS  # noqa: E402  (one head size: 16-token blocks)
 FLUSH_BYTES = {"cpu": 64 * 2**20, "cuda": 512 * 2**20}  # above the last-level cache (a 32 MiB CPU L3, a 50 MiB H100 L2)
 
 

@@ -99,8 +99,9 @@ class Scheduler(UnitCore):
         self.blocks.allocate(req, slot.spec.name, blocks)
         super().grant(slot, req, blocks)
 
-    def release(self, slot: Slot, req: int, blocks: int = 0) -> None:
-        super().release(slot, req, self.blocks.free(req))
+    def _free(self, slot: Slot, seq_id: int) -> None:
+        """Every block of the sequence goes back to the pool."""
+        self.release(slot, self.blocks.free(seq_id))
 
     def run_job(self, slot: Slot, kind: str, batch: list[int], tokens: int, now: float, sm_pct: int) -> None:
         parts = slot.prefill_parts_used if kind == "prefill" else slot.decode_parts_used
@@ -119,7 +120,7 @@ class Scheduler(UnitCore):
             total -= need.pop(victim)
             seq = self.seqs[victim]
             del slot.running[victim]
-            self.release(slot, victim)
+            self._free(slot, victim)
             seq.num_preemptions += 1
             self.requeue_or_drop(slot, victim, seq.num_tokens, now)
         if not slot.running:
@@ -142,7 +143,7 @@ class Scheduler(UnitCore):
                 slot.in_prefill.remove(seq.id)
             if reason is not None:
                 slot.running.pop(seq.id, None)
-                self.release(slot, seq.id)
+                self._free(slot, seq.id)
                 self._forget(seq, reason)
             elif job.kind == "prefill":
                 slot.pending.append(seq.id)
@@ -166,6 +167,6 @@ class Scheduler(UnitCore):
             slot.pending.remove(seq_id)
         else:
             return False
-        self.release(slot, seq_id)
+        self._free(slot, seq_id)
         self._forget(seq, "abort")
         return True

@@ -12,11 +12,12 @@ import numpy as np
 from muxplan.catalog import get_gpu, get_model
 from muxplan.files import InputError
 from muxplan.schema import GpuSpec, ModelSpec, Plan, Workload
-from unitsched.config import block_tokens
-from unitsched.slot import SmShares
 from planner.sim.trace import RequestTable
 from profiler.cost_model import CostModel
 from profiler.memory import kv_bytes_per_token_per_gpu
+from unitsched.config import block_tokens
+from unitsched.slot import SmShares
+
 
 @dataclass
 class SlotSpec(SmShares):

@@ -72,13 +72,13 @@ class UnitState(UnitCore):
 
     def finish_prefill(self, slot: SlotState, now: float) -> None:
         book = self.book
-        self.touch_kv(slot, now)
+        slot.touch_kv(now)
         for req in slot.in_prefill:
             book.generated[req] += 1
             if book.first_token_s[req] != book.first_token_s[req]:  # NaN: first time
                 book.first_token_s[req] = now
             if book.generated[req] >= book.output[req]:
-                self.release(slot, req, -(-(book.prompt[req] + book.generated[req] - 1) // slot.bt))
+                self.release(slot, -(-(book.prompt[req] + book.generated[req] - 1) // slot.bt))
                 book.finish_s[req] = now
                 book.num_open -= 1
             else:
@@ -89,7 +89,7 @@ class UnitState(UnitCore):
     def start_decode(self, slot: SlotState, now: float, sm_pct: int, parts: int) -> bool:
         """Run one step of every running sequence; preempt the newest while the step's new blocks do not fit."""
         book, step, bt = self.book, slot.step, slot.bt
-        self.touch_kv(slot, now)
+        slot.touch_kv(now)
         for req in slot.pending:
             ctx0 = book.prompt[req] + book.generated[req] - 1
             slot.running[req] = (step, ctx0)
@@ -117,7 +117,7 @@ class UnitState(UnitCore):
         phase = (s0 - ctx0) % bt
         slot.phase_count[phase] -= 1
         slot.ctx_sum -= ctx
-        self.release(slot, req, -(-ctx // bt))
+        self.release(slot, -(-ctx // bt))
         book.generated[req] += slot.step - s0
         book.preemptions[req] += 1
         self.requeue_or_drop(slot, req, ctx + 1, now)
@@ -125,7 +125,7 @@ class UnitState(UnitCore):
 
     def finish_decode(self, slot: SlotState, now: float) -> None:
         book, bt = self.book, slot.bt
-        self.touch_kv(slot, now)
+        slot.touch_kv(now)
         slot.ctx_sum += len(slot.running)
         slot.step += 1
         step = slot.step
@@ -139,8 +139,7 @@ class UnitState(UnitCore):
             ctx = ctx0 + step - s0
             slot.ctx_sum -= ctx
             slot.phase_count[(s0 - ctx0) % bt] -= 1
-            slot.blocks -= -(-ctx // bt)
-            self.used_bytes -= -(-ctx // bt) * slot.bb
+            self.release(slot, -(-ctx // bt))
             book.generated[req] += step - s0
             book.finish_s[req] = now
             book.num_open -= 1
