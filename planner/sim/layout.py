@@ -19,6 +19,9 @@ from unitsched.config import block_tokens
 from unitsched.slot import SmShares
 
 
+CONTEXT_STEP = 32  # tokens between the decode latencies the simulator asks the cost model for
+
+
 @dataclass
 class SlotSpec(SmShares):
     """One model on one unit, with memoised latencies (the cost model is the slow part of a step)."""
@@ -53,11 +56,17 @@ class SlotSpec(SmShares):
         return value
 
     def decode_s(self, sm_pct: int, batch: int, context_tokens: int) -> float:
-        key = (sm_pct, batch, context_tokens)
-        value = self._decode_memo.get(key)
-        if value is None:
-            value = self._decode_memo[key] = self.cost.decode_ms(self.spec, self.gpu, self.tp, sm_pct, batch, context_tokens) / 1e3
-        return value
+        """Linear between the cost model's values at multiples of CONTEXT_STEP tokens: decode time is linear in the
+        context (KV bytes read) within such a step, and the mean context of a batch changes every step, so exact
+        memoisation would miss almost always."""
+        base = context_tokens - context_tokens % CONTEXT_STEP
+        key = (sm_pct, batch, base)
+        line = self._decode_memo.get(key)
+        if line is None:
+            lo = self.cost.decode_ms(self.spec, self.gpu, self.tp, sm_pct, batch, max(1, base)) / 1e3
+            hi = self.cost.decode_ms(self.spec, self.gpu, self.tp, sm_pct, batch, base + CONTEXT_STEP) / 1e3
+            line = self._decode_memo[key] = (lo, (hi - lo) / (base + CONTEXT_STEP - max(1, base)))
+        return line[0] + line[1] * (context_tokens - max(1, base))
 
 
 @dataclass(frozen=True)
