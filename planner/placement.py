@@ -15,6 +15,7 @@ from planner.tables import Demand, Option
 from profiler.memory import reserve_bytes, usable_bytes, weight_bytes_per_gpu
 
 EPS = 1e-6
+TIME_SLICED_DEVICE = "cpu"
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,8 @@ def check_plan(plan: Plan, workload: Workload | None = None) -> list[str]:
         if mem > usable_bytes(gpu):
             problems.append(f"{where}: memory {mem / 2**30:.1f} GiB > usable {usable_bytes(gpu) / 2**30:.1f} GiB per GPU")
         sm = sum(m.decode_sm_pct for m in u.models)
-        if len(u.models) > 1 and plan.solver.method != "temporal" and sm > SM_BUDGET_PCT:
+        # a device without SM partitions (the CPU) runs jobs in turn: its SM shares are time shares, not a budget
+        if len(u.models) > 1 and plan.solver.method != "temporal" and u.gpu != TIME_SLICED_DEVICE and sm > SM_BUDGET_PCT:
             problems.append(f"{where}: decode SM shares {sm}% > {SM_BUDGET_PCT}%")
     problems += [f"routing shares of '{name}' sum to {s:.3f} > 1" for name, s in shares.items() if s > 1 + 1e-4]
     return problems

@@ -223,12 +223,12 @@ def test_profile_solve_deploy_loop_on_cpu_through_the_engine(tiny_models, tmp_pa
     workload = tmp_path / "workload.yaml"
     workload.write_text("schema_version: 1\nname: loop\nmodels:\n" + "".join(
         f"- {{name: {n}, model: {tiny_models[n]}, rate_rps: {r}, prompt_tokens: {{kind: fixed, mean: 16}}, output_tokens: {{kind: fixed, mean: 8}}}}\n"
-        for n, r in (("llama", 3.0), ("qwen", 1.0))))
+        for n, r in (("llama", 1.5), ("qwen", 0.5))))  # light enough that noisy CPU profiles still meet the SLO colocated
     run_cli("solve", "--workload", workload, "--cluster", "1x1xcpu", "--profile", tmp_path / "profiles", "--solver", "exact",
             "--out", tmp_path / "plan.json", check=True)
     plan = load_contract(tmp_path / "plan.json", Plan)
     assert [sorted(m.name for m in u.models) for u in plan.units] == [["llama", "qwen"]]
-    assert plan.served_rps == pytest.approx(4.0)
+    assert plan.served_rps == pytest.approx(2.0)
     engine = Engine(served_models(plan, 0))
     seqs = [engine.add_request(m, [3, 4, 5], GREEDY) for m in ("llama", "qwen")]
     engine.run_until_idle()

@@ -246,3 +246,18 @@ def test_same_architecture_models_with_close_sample_means_share_one_estimate():
     far = rows[:3] + [TraceRow(arrival_s=0.0, model="b", prompt_tokens=150, output_tokens=200)] + rows[4:]  # 50% apart: kept apart
     demands = demands_from_workload(Workload(models=models, requests=far))
     assert [(d.mean_prompt_tokens, d.mean_output_tokens) for d in demands][:2] == [(100.0, 200.0), (150.0, 200.0)]
+
+
+def test_sm_budget_applies_to_gpus_not_to_a_time_sliced_cpu():
+    from muxplan.cluster import parse_cluster_shorthand
+    from muxplan.schema import PlacedModel, Unit
+
+    def plan_on(gpu):
+        models = [PlacedModel(name=n, model="llama-3.2-1b", tp=1, prefill_sm_pct=100, decode_sm_pct=100, kv_bytes=2**20, max_num_seqs=8,
+                              routing_share=1.0, rate_rps=1.0, predicted_rps=1.0) for n in ("a", "b")]
+        return Plan(cluster=parse_cluster_shorthand(f"1x1x{gpu}"), solver=SolverRecord(method="spatial", objective="goodput", value=2.0),
+                    units=[Unit(id=0, node=0, gpu=gpu, gpu_ids=[0], models=models, predicted_rps=2.0)], demand_rps=2.0, served_rps=2.0,
+                    num_gpus_used=1)
+
+    assert check_plan(plan_on("A100-80GB")) == ["units[0]: decode SM shares 200% > 120%"]
+    assert check_plan(plan_on("cpu")) == []

@@ -201,3 +201,14 @@ def test_blocks_are_one_size_per_unit_so_a_smaller_head_fits_more_tokens():
     assert (a.block_tokens, b.block_tokens, c.block_tokens) == (16, 32, 16)
     assert a.block_bytes == 16 * 524288 and b.block_bytes == 32 * kv_bytes_per_token_per_gpu(b.spec, 1)
     assert a.block_bytes // (a.spec.num_layers * a.spec.num_kv_heads) == b.block_bytes // (b.spec.num_layers * b.spec.num_kv_heads)
+
+
+def test_a_model_planned_at_rate_zero_still_gets_kv_quota():
+    # b is placed with rate 0: it still starts with a tenth of a's weight (8 GiB pool: 8/1.1 and 0.8/1.1 GiB), so
+    # its requests are served instead of dropped as larger than its quota
+    plan = make_plan([[placed("a", 4 * GIB, decode_sm=50, rate=1.0), placed("b", 4 * GIB, decode_sm=50, rate=0.0)]])
+    rows = [(0.5 * k, "b", 10, 2) for k in range(40)]
+    result = simulate_plan(plan, make_workload(["a", "b"], rows), ToyCost())
+    quotas = result.quota_history[0]
+    assert quotas[0][1] == (int(8 * GIB / 1.1), 8 * GIB - int(8 * GIB / 1.1))
+    assert (result.records["dropped"] == "").all() and all(sum(q) == 8 * GIB for _, q in quotas)

@@ -74,7 +74,8 @@ class Adbs(Policy):
                 donor.quota_bytes -= give
                 given += give
         hot_total = sum(s.quota_bytes for s in hot)
-        shares = [int(given * s.quota_bytes / hot_total) for s in hot]
+        # in proportion to their quotas; equally when every hot quota is 0 (a model routed no rate)
+        shares = [int(given * s.quota_bytes / hot_total) if hot_total else given // len(hot) for s in hot]
         shares[-1] += given - sum(shares)
         for s, share in zip(hot, shares):
             s.quota_bytes += share

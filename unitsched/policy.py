@@ -72,11 +72,18 @@ class Policy:
         """Periodic quota change; none by default."""
 
 
+ZERO_RATE_SHARE = 0.1
+
+
 def proportional_quotas(unit: UnitSpecView) -> list[int]:
-    """KV quota bytes proportional to rate x KV bytes per token (equal shares when no rates are known)."""
+    """KV quota bytes proportional to rate x KV bytes per token (equal shares when no rates are known). A model
+    planned at rate 0 still gets ZERO_RATE_SHARE of the smallest positive weight: with no quota at all every one
+    of its requests would be dropped, and ADBS could never grow it (it grows quotas in proportion to them)."""
     weights = [s.rate_rps * s.kv_bytes_per_token for s in unit.slots]
     if sum(weights) <= 0:
         weights = [1.0] * len(unit.slots)
+    smallest = min(w for w in weights if w > 0)
+    weights = [w if w > 0 else ZERO_RATE_SHARE * smallest for w in weights]
     total = sum(weights)
     quotas = [int(unit.pool_bytes * w / total) for w in weights]
     quotas[-1] += unit.pool_bytes - sum(quotas)  # integer rounding: the pool is fully shared out
