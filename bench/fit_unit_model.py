@@ -37,7 +37,7 @@ TRAIN = [(0.7, 0.5), (0.9, 1.0), (1.3, 0.75), (2.1, 1.25)]  # (alpha, s), size-o
 
 
 def set_constants(drain: float, margin: float) -> None:
-    for mod in (estimator, exact, pricing):
+    for mod in (tables, estimator, exact, pricing):
         if hasattr(mod, "DRAIN_FACTOR"):
             mod.DRAIN_FACTOR = drain
     tables.TPOT_MARGIN = margin

@@ -29,12 +29,11 @@ from functools import lru_cache
 import numpy as np
 
 from muxplan.schema import GpuSpec
-from planner.tables import Demand, Option
+from planner.tables import DRAIN_FACTOR, Demand, Option
 from profiler.memory import usable_bytes
 
 from unitsched.config import SM_BUDGET_PCT  # noqa: E402  (percent: 12 parts of 10%)
 UTIL_CAP = 0.95  # largest busy share of a decode job or of the unit's prefill path (queues stay bounded)
-DRAIN_FACTOR = 0.5  # mean residual of the longest running decode step when a prefill arrives
 EPS = 1e-9
 
 

@@ -29,6 +29,7 @@ BATCHES = (4, 8, 16, 32, 64, 128, 256)
 from unitsched.config import PREFILL_TOKEN_BUDGET  # noqa: E402,F401
 POOL_TOLERANCE = 0.10  # same-architecture models whose mean lengths differ less than this share one estimate
 TPOT_MARGIN = 0.75  # share of the SLO's TPOT a plan may use at full batch (the rest absorbs queueing and TTFT)
+DRAIN_FACTOR = 0.5  # mean residual of the longest running decode step when a prefill arrives (planner.estimator)
 LENGTH_SAMPLES = 400  # (prompt, output) pairs kept per model for predicted SLO attainment
 
 
@@ -60,7 +61,7 @@ class Demand:
     def table_key(self) -> tuple:
         """Models with equal keys have identical option tables (interchangeable 'twins')."""
         return (self.spec.name, self.spec.num_layers, round(self.mean_prompt_tokens), round(self.mean_output_tokens),
-                self.context_tokens, self.slo_scale, self.tpot_target_s)
+                self.context_tokens, self.slo_scale, self.tpot_target_s, self.ttft_target_s, round(self.arrival_cv, 2))
 
     def scaled(self, factor: float) -> "Demand":
         from dataclasses import replace
@@ -95,7 +96,7 @@ class Option:
     @property
     def max_rps(self) -> float:
         """Rate this option serves when alone on its unit (planner.estimator's LP with one member, closed form)."""
-        from planner.estimator import DRAIN_FACTOR, UTIL_CAP
+        from planner.estimator import UTIL_CAP
 
         q = self.prefill_s_per_req + DRAIN_FACTOR * self.decode_step_s
         pmax = min(UTIL_CAP, self.prefill_cap)
@@ -202,7 +203,7 @@ def _options(demand: Demand, gpu: GpuSpec, tp: int, cost_model) -> tuple[Option,
         for sm in DECODE_SM_PCTS:
             step = cost_model.decode_ms(spec, gpu, tp, sm, b, context) / 1e3
             if step >= tau:
-                continue
+                continue  # can never meet the SLO
             found.append(Option(tp, sm, 100, b, p, mean_out * step / b, b * (mean_in + mean_out) * kv_tok, weights,
                                 reserve_bytes(spec, tp, max_num_seqs=b), step, tau))
     return tuple(o for o in found if not any(_dominates(q, o) for q in found))
