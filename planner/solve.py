@@ -6,7 +6,7 @@ import time
 from muxplan.files import InputError
 from muxplan.schema import Cluster, Considered, Plan, SolverRecord, Workload
 from planner.exact import ExactSolution
-from planner.placement import build_plan, inputs_digest
+from planner.placement import TIME_SLICED_DEVICE, build_plan, inputs_digest
 from planner.tables import demands_from_workload
 
 SOLVERS = ("exact", "greedy", "spatial", "temporal")
@@ -35,7 +35,12 @@ def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, co
     value = bound = gap = None
     status = "heuristic"
     headroom = None
-    if method == "exact":
+    time_sliced = all(node.gpu == TIME_SLICED_DEVICE for node in cluster.nodes)
+    if method == "exact" and time_sliced:
+        # no SM partitions: jobs run in turn whatever their shares, so the multiplexed unit model does not apply
+        units = place_greedy(demands, cluster, cost_model, time_limit_s, temporal=True)
+        status = "time-sliced device (no SM partitions): jobs run in turn; temporal placement, no bound"
+    elif method == "exact":
         warm = greedy_units if greedy_units is not None else place_greedy(demands, cluster, cost_model, time_limit_s / 3)
         left = time_limit_s - spent_s - (time.perf_counter() - start)
         sol, headroom = _solve_exact_objective(demands, cluster, cost_model, objective, max(1.0, left), seed, backend, warm)
@@ -52,7 +57,8 @@ def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, co
     record = SolverRecord(method=method, objective=objective, value=0.0, bound=bound, gap=gap, status=status, seconds=seconds,
                           seed=seed, time_limit_s=time_limit_s, inputs_digest=inputs_digest(workload, cluster, cost_label),
                           headroom=headroom)
-    plan = build_plan(cluster, demands, units, record, cost_label, workload.name, temporal=method == "temporal", cost_model=cost_model)
+    temporal = method == "temporal" or (method == "exact" and time_sliced)
+    plan = build_plan(cluster, demands, units, record, cost_label, workload.name, temporal=temporal, cost_model=cost_model)
     final_value = value if value is not None else plan.served_rps
     return plan.model_copy(update={"solver": record.model_copy(update={"value": final_value})})
 
@@ -92,6 +98,7 @@ def _solve_exact_objective(demands, cluster, cost_model, objective, time_limit_s
     if goodput < sol.value * (1 - 1e-9):
         return sol, None
     gap = max(0.0, (sol.bound - goodput) / sol.bound) if sol.bound > 0 else 0.0
+    gap = 0.0 if gap <= 1e-9 else gap  # rounding of the routed rates
     status = "optimal" if gap <= 1e-6 else f"within {gap:.2%} of the bound"
     return ExactSolution(room.units, goodput, sol.bound, gap, f"{status}; headroom x{room.value:.3f} (bound x{room.bound:.3f}, "
                          f"{room.status})", sol.seconds + room.seconds, room.num_columns), room.value

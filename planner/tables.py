@@ -128,8 +128,8 @@ def _length_stats(prompts: np.ndarray, outputs: np.ndarray, fallback: tuple[floa
 
 
 def demands_from_workload(workload: Workload) -> list[Demand]:
-    """Per model: rate, length statistics (from the requests, drawn from the spec's seed when not materialised),
-    SLO and arrival CV.
+    """Per model: rate and length statistics of its requests (drawn from the spec's seed when not materialised; the
+    rate over the workload's duration or its last arrival, whichever is later), SLO and arrival CV.
 
     Models of one architecture whose sample means all lie within POOL_TOLERANCE of the architecture's pooled
     means get the pooled statistics: a few percent apart is sampling noise, and identical option tables let the
@@ -157,10 +157,14 @@ def demands_from_workload(workload: Workload) -> list[Demand]:
             for n in names:
                 stats[n] = (*pooled, pairs, stats[n][4])
     cv = _arrival_cv(workload, rows)
+    window = max([workload.duration_s] + [r.arrival_s for r in rows[-1:]])
     out = []
     for m in workload.models:
-        mean_in, mean_out, context, pairs, _ = stats[m.name]
-        out.append(Demand(m.name, m.model, specs[m.name], m.rate_rps, mean_in, mean_out, context, m.slo.scale,
+        mean_in, mean_out, context, pairs, count = stats[m.name]
+        # the rows are what the simulator replays and what a trace measured: plan for their rate (a spec's rate
+        # differs from its drawn rows by sampling noise, ~3% per model in 60 s); a model with no row keeps its rate
+        rate = len(cols[m.name][0]) / window if cols[m.name][0] and window > 0 else m.rate_rps
+        out.append(Demand(m.name, m.model, specs[m.name], rate, mean_in, mean_out, context, m.slo.scale,
                           m.slo.tpot_ms / 1e3 if m.slo.tpot_ms else None, m.slo.ttft_ms / 1e3 if m.slo.ttft_ms else None,
                           cv, pairs))
     return out

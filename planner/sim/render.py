@@ -37,6 +37,10 @@ def compare_table(rows: list[tuple[str, Summary, Capacity | None]]) -> Table:
         table.add_row(label, s.policy, f"{s.overall.throughput_rps:.2f}", f"{100 * s.overall.slo_attainment:.1f}",
                       _ms(s.overall.ttft_ms)[2], _ms(s.overall.tpot_ms)[2], str(s.overall.num_dropped),
                       f"{cap.rate_scale:.3g}" if cap else "-", f"{cap.rate_rps:.1f}" if cap else "-")
+    base = next((cap for label, _, cap in rows if label == "spatial" and cap and cap.rate_scale > 0), None)
+    if base is not None and rows[0][2] is not None:
+        table.caption = (f"{rows[0][0]} sustains {rows[0][2].rate_scale / base.rate_scale:.2f}x the rate spatial partitioning "
+                         f"does at 99% within SLO (MuxServe reports up to 2.9x)")
     return table
 
 
