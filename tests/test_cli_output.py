@@ -117,4 +117,4 @@ def test_long_steps_show_progress_on_a_terminal(tmp_path):
     assert "preparing" in seen  # simulation steps of this tiny trace finish between two refreshes
     assert "throughput vs rate for --plot" in seen
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
-        "slo_attainment.png", "throughput_vs_rate.png", "usage_plan+adbs.png", "usage_plan+fcfs.png"]
+        "attainment_vs_rate.png", "slo_attainment.png", "throughput_vs_rate.png", "usage_plan+adbs.png", "usage_plan+fcfs.png"]

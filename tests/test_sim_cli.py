@@ -43,7 +43,7 @@ def test_simulate_json_records_and_plots(tmp_path):
     assert len(frame) == 40 and set(frame["model"]) == {"a", "b"} and (frame["unit"] == 0).all()
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["runs"][0]["label"] == "plan+adbs"
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
-        "slo_attainment.png", "throughput_vs_rate.png", "usage_plan+adbs.png", "usage_plan+fcfs.png", "usage_plan+temporal.png"]
+        "attainment_vs_rate.png", "slo_attainment.png", "throughput_vs_rate.png", "usage_plan+adbs.png", "usage_plan+fcfs.png", "usage_plan+temporal.png"]
 
 
 def test_simulate_bad_input_names_the_field(tmp_path):

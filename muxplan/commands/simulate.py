@@ -76,6 +76,8 @@ def simulate(
             plots.plot_attainment({o.run.label: o.curve for o in outcomes}, tmp)
         with atomic_path(plot / "throughput_vs_rate.png") as tmp:
             plots.plot_throughput_vs_rate(probes, tmp)
+        with atomic_path(plot / "attainment_vs_rate.png") as tmp:
+            plots.plot_attainment_vs_rate(probes, tmp)
         for o in outcomes:
             with atomic_path(plot / f"usage_{o.run.label}.png") as tmp:
                 plots.plot_usage(o.result, tmp)

@@ -51,6 +51,23 @@ def plot_throughput_vs_rate(probes: dict[str, list[Summary]], path: str | Path) 
     plt.close(fig)
 
 
+def plot_attainment_vs_rate(probes: dict[str, list[Summary]], path: str | Path, target: float = 0.99) -> None:
+    """Overall SLO attainment against the rate scale, one line per run, with the target attainment."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, summaries in probes.items():
+        ordered = sorted(summaries, key=lambda s: s.rate_scale)
+        ax.plot([s.rate_scale for s in ordered], [100 * s.overall.slo_attainment for s in ordered], marker=".", label=label)
+    ax.axhline(100 * target, color="grey", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xlabel("rate scale (x the workload's arrival rates)")
+    ax.set_ylabel("requests within SLO (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_usage(result: SimResult, path: str | Path) -> None:
     """SM (time-averaged per second) and KV pool usage over time, one line per unit."""
     plt = _pyplot()
