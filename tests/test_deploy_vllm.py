@@ -88,9 +88,11 @@ def survivors(procs: list, within_s: float) -> list:
 def test_killed_backend_gives_503_for_its_model_only_and_comes_back(deployment):
     c = client(deployment)
     victim = state_rows(deployment)["unit0-tiny-llama"]
-    assert get(f"http://127.0.0.1:{victim['port']}/v1/models") == 401  # a client bypassing the router needs the token
-    old = tree(victim["pid"])  # the guard, the API server and whatever it started
     api_server = psutil.Process(victim["pid"]).children()[0]
+    argv = api_server.cmdline()
+    host = argv[argv.index("--host") + 1]  # 127.0.0.1; under Ray the node's address
+    assert get(f"http://{host}:{victim['port']}/v1/models") == 401  # a client bypassing the router needs the token
+    old = tree(victim["pid"])  # the guard, the API server and whatever it started
     os.kill(api_server.pid, signal.SIGKILL)  # the API server only, not its group
     assert survivors(old, 15) == []
     time.sleep(1)

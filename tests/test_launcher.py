@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,39 @@ def test_tiny_example_dry_run_needs_no_built_models():
 
     out = run_cli("deploy", ROOT / "examples/tiny/plan.json", "--dry-run", check=True).stdout
     assert "--model examples/tiny/models/tiny-llama --served-model-name tiny-llama" in out
+
+
+def save_broken(path: Path, edit) -> Path:
+    data = json.loads(paper_like_plan().model_dump_json())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("edit, field, message", [
+    (lambda d: d["units"][1].update(id=0), "units[1].id", "0 is also the id of units[0]"),
+    (lambda d: d["units"][1].update(gpu_ids=[6, 9]), "units[1].gpu_ids", "GPU 9 is not on node 3 (8 GPUs)"),
+], ids=["duplicate-unit-id", "gpu-out-of-range"])
+def test_dry_run_checks_the_plan_like_every_command(tmp_path, edit, field, message):
+    """deploy (and --dry-run) reads the plan through planner.placement.load_plan, as plan show and simulate do."""
+    path = save_broken(tmp_path / "plan.json", edit)
+    proc = run_cli("deploy", path, "--dry-run", "--gpu", "--state-dir", tmp_path / "st")
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: {path}: {field}: {message}"
+
+
+def test_deploy_plan_check_needs_no_model_files_but_reads_those_present(tmp_path):
+    """A hub id or a folder not built yet is no plan problem (vLLM resolves it); a folder without a model config is."""
+    (tmp_path / "empty").mkdir()
+
+    def edit(d, second=str(tmp_path / "empty")):
+        d["units"][1]["models"][0]["model"] = "org/some-hub-model"
+        d["units"][0]["models"][1]["model"] = second
+
+    path = save_broken(tmp_path / "plan.json", edit)
+    proc = run_cli("deploy", path, "--dry-run", "--gpu", "--state-dir", tmp_path / "st")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {path}: units[0].models[1].model: ")
+    save_broken(path, lambda d: edit(d, str(tmp_path / "not-built-yet")))
+    out = run_cli("deploy", path, "--dry-run", "--state-dir", tmp_path / "st", check=True).stdout
+    assert "--model org/some-hub-model" in out
