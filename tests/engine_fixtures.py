@@ -21,6 +21,11 @@ def tiny_models(tmp_path_factory):
     }
 
 
+# (prefill, decode) SM% that keeps two colocated models within the plan checker's 120% decode budget: plans that a server or
+# `muxplan deploy` reads from a file go through planner.placement.load_plan
+VALID_SM = (100, 60)
+
+
 def colocated_plan(paths: dict, kv_bytes: int = 16 * 2**20, rates: dict | None = None, sm: tuple[int, int] = (100, 100)) -> Plan:
     """One unit on one logical GPU hosting every model of ``paths``."""
     rates = rates or {name: 1.0 for name in paths}

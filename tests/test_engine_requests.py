@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 
 from muxplan.files import save_contract
-from tests.engine_fixtures import colocated_plan
+from tests.engine_fixtures import VALID_SM, colocated_plan
 from tests.helpers import ROOT, free_port, get
 
 openai = pytest.importorskip("openai")
@@ -31,7 +31,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 @pytest.fixture(scope="module")
 def server(tiny_models, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("engine-requests")
-    save_contract(tmp / "plan.json", colocated_plan({"tiny-llama": tiny_models["llama"], "tiny-qwen": tiny_models["qwen"]}))
+    save_contract(tmp / "plan.json", colocated_plan({"tiny-llama": tiny_models["llama"], "tiny-qwen": tiny_models["qwen"]}, sm=VALID_SM))
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "executor.engine.server", "--plan", str(tmp / "plan.json"), "--unit", "0",
                              "--port", str(port), "--max-queue", "64"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

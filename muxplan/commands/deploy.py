@@ -23,12 +23,12 @@ def deploy(
     """Start the serving processes of a plan behind one OpenAI-compatible endpoint."""
     import shutil
 
-    from muxplan.files import load_contract
-    from muxplan.schema import Plan
-
     from executor.launcher import build_processes, shell_script
+    from planner.placement import load_plan
 
-    loaded = load_contract(plan, Plan)
+    # the schema and every constraint, as every command that reads a plan checks them; a model may be a hub id or a
+    # local folder not built yet (vLLM resolves it when it starts; --dry-run needs no model files)
+    loaded = load_plan(plan, model_files_optional=True)
     on_gpu = gpu or shutil.which("nvidia-smi") is not None
     uuids = {}
     if on_gpu and not ray:  # one host serves every unit: address its GPUs by UUID, as MPS wants
