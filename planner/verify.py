@@ -71,7 +71,7 @@ def solve_verified(solve, workload: Workload, cost_model, time_limit_s: float, s
     while rounds < MAX_ROUNDS:
         left = time_limit_s - (time.perf_counter() - start)
         round_start = time.perf_counter()
-        plan = solve(max(1.0, left * (0.6 if rounds == 0 else 0.8)), dict(corrections))
+        plan = solve(max(1.0, left * (0.8 if rounds == 0 else 0.85)), dict(corrections))
         rounds += 1
         check, _ = simulated_check(plan, workload, cost_model, seed, rounds, table)
         plan = plan.model_copy(update={"check": check})
