@@ -17,7 +17,7 @@ from muxplan.schema import Plan, Workload
 from planner.sim.capacity import Capacity, max_rate_scale
 from planner.sim.engine import SimResult, run_table
 from planner.sim.metrics import Summary, attainment_curve, summarize
-from planner.sim.policy import get_policy
+from unitsched.policy import get_policy
 from planner.sim.trace import RequestTable
 from profiler.cost_model import CostModel
 

@@ -19,7 +19,7 @@ import numpy as np
 from muxplan.schema import Plan, Workload
 from planner.sim.isolated import isolated_latency
 from planner.sim.layout import SHED, build_layout, route_requests
-from planner.sim.policy import Policy, get_policy
+from unitsched.policy import Policy, get_policy
 from planner.sim.trace import RequestTable, build_request_table
 from planner.sim.unit import DECODE_DONE, PREFILL_DONE, Book, UnitState
 from profiler.cost_model import CostModel
