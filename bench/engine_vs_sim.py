@@ -8,7 +8,7 @@
 5. prints per-model and overall throughput, TTFT and TPOT percentiles of both with the relative errors, and
    writes them to JSON.
 
-Usage: python bench/engine_vs_sim.py [--duration 60] [--rate-scales 1,2] [--out bench/results/engine_vs_sim.json]
+Usage: python -m bench.engine_vs_sim [--duration 60] [--rate-scales 1,2] [--out bench/results/engine_vs_sim.json]
 """
 from __future__ import annotations
 
@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from muxplan.files import save_contract  # noqa: E402
-from muxplan.schema import (Cluster, LengthDist, NodeSpec, PlacedModel, Plan, Slo, SolverRecord, TraceRow, Unit, Workload,  # noqa: E402
+from muxplan.files import save_contract
+from muxplan.schema import (Cluster, LengthDist, NodeSpec, PlacedModel, Plan, Slo, SolverRecord, TraceRow, Unit, Workload,
                             WorkloadModel)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = {"hot": ("llama", 0), "warm": ("qwen2", 1), "cold": ("llama", 2)}
 RATES_RPS = {"hot": 6.0, "warm": 2.0, "cold": 0.7}

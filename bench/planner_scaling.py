@@ -1,6 +1,6 @@
 """Planner scaling: solve time and proven gap for growing model counts and clusters (A100-80GB, 8-GPU nodes).
 
-Usage: python bench/planner_scaling.py [--sizes 10:8,25:32,50:128,100:512,200:1024] [--time-limit 60]
+Usage: python -m bench.planner_scaling [--sizes 10:8,25:32,50:128,100:512,200:1024] [--time-limit 60]
        [--rate-per-gpu 6] [--out bench/results/planner_scaling.json]
 Models cycle through a mix of catalog sizes (3B..70B); popularity alpha 0.9, shuffled; total demand is
 ``rate-per-gpu`` x GPUs so the cluster is loaded.
@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rich.console import Console
+from rich.table import Table
 
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from muxplan.cluster import parse_cluster_shorthand  # noqa: E402
-from muxplan.files import write_text_atomic  # noqa: E402
-from muxplan.workload import synthesize  # noqa: E402
-from planner.solve import run_solver  # noqa: E402
-from profiler.cost_model import load_cost_model  # noqa: E402
+from muxplan.cluster import parse_cluster_shorthand
+from muxplan.files import write_text_atomic
+from muxplan.workload import synthesize
+from planner.solve import run_solver
+from profiler.cost_model import load_cost_model
 
 MIX = ["llama-3.1-8b", "mistral-7b", "qwen2.5-7b", "llama-3.2-3b", "qwen2.5-14b", "llama-2-13b", "qwen2.5-32b", "llama-3.1-70b"]
 

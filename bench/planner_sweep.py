@@ -1,6 +1,6 @@
 """The paper's synthetic sweep: 19 LLaMA models on 4x8 A100-80GB, every solver on the same estimator.
 
-Usage: python bench/planner_sweep.py [--alphas 0.7,0.9,1.3,1.7,2.1] [--scales 0.5,0.75,1.0,1.25]
+Usage: python -m bench.planner_sweep [--alphas 0.7,0.9,1.3,1.7,2.1] [--scales 0.5,0.75,1.0,1.25]
        [--orders size,shuffled] [--time-limit 20] [--out bench/results/planner_sweep.json]
 """
 from __future__ import annotations
@@ -8,19 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rich.console import Console
+from rich.table import Table
 
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from muxplan.cluster import load_cluster  # noqa: E402
-from muxplan.files import write_text_atomic  # noqa: E402
-from muxplan.workload import parse_model_counts, synthesize  # noqa: E402
-from planner.solve import solve_and_compare  # noqa: E402
-from profiler.cost_model import load_cost_model  # noqa: E402
+from muxplan.cluster import load_cluster
+from muxplan.files import write_text_atomic
+from muxplan.workload import parse_model_counts, synthesize
+from planner.solve import solve_and_compare
+from profiler.cost_model import load_cost_model
 
 PAPER19 = "llama-7b:12,llama-13b:4,llama-30b:2,llama-65b:1"
 

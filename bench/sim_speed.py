@@ -1,38 +1,28 @@
 """Simulator speed on the paper19 workload (alpha 0.9, s 1.0, 240 s of arrivals, 32 A100s), one core.
 
-Usage: python bench/sim_speed.py [--repeats 3]  (pin to one core with `taskset -c 0` for the record)
+Usage: python -m bench.sim_speed [--repeats 3]  (pin to one core with `taskset -c 0` for the record)
 Writes bench/results/sim_speed.json and prints a rich table.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
+from bench.paper_plans import paper_spatial_plan
+from muxplan.cluster import load_cluster
+from muxplan.workload import load_workload
+from planner.sim.engine import run_table
+from planner.sim.metrics import summarize
+from planner.sim.trace import build_request_table
+from planner.solve import run_solver
+from profiler.cost_model import load_cost_model
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from bench.paper_plans import paper_spatial_plan  # noqa: E402
-from muxplan.cluster import load_cluster  # noqa: E402
-from muxplan.workload import load_workload  # noqa: E402
-from planner.sim.engine import run_table  # noqa: E402
-from planner.sim.metrics import summarize  # noqa: E402
-from planner.sim.trace import build_request_table  # noqa: E402
-from profiler.cost_model import load_cost_model  # noqa: E402
-
-
-def planner_plan(workload, cluster, cost):
-    """The planner's greedy plan when the planner is on this checkout, else None."""
-    try:
-        from planner.solve import run_solver
-    except ImportError:
-        return None
-    return run_solver("greedy", workload, cluster, cost)
 
 
 def main() -> None:
@@ -46,9 +36,7 @@ def main() -> None:
     table = build_request_table(workload)
     table_s = time.perf_counter() - t0
     plans = {"spatial (paper layout)": (paper_spatial_plan(workload, cluster), ["spatial"])}
-    greedy = planner_plan(workload, cluster, cost)
-    if greedy is not None:
-        plans["greedy"] = (greedy, ["adbs", "temporal"])
+    plans["greedy"] = (run_solver("greedy", workload, cluster, cost), ["adbs", "temporal"])
     rows = []
     for label, (plan, policies) in plans.items():
         for policy in policies:

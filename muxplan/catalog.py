@@ -130,7 +130,3 @@ def flops_per_token(m: ModelSpec, context_tokens: int = 0) -> float:
     matmul_params = m.num_layers * (attention_params_per_layer(m) + mlp_params_per_layer(m, True)) + lm_head
     attention = 4 * m.num_layers * m.num_heads * m.head_dim * context_tokens
     return 2.0 * matmul_params + attention
-
-
-def model_size_label(m: ModelSpec) -> str:
-    return f"{num_params(m) / 1e9:.2f}B"

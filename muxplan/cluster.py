@@ -6,7 +6,7 @@ from pathlib import Path
 
 from muxplan.catalog import get_gpu
 from muxplan.files import InputError, load_contract
-from muxplan.schema import Cluster, GpuSpec, NodeSpec
+from muxplan.schema import Cluster, NodeSpec
 
 _SHORTHAND = re.compile(r"^(\d+)x(\d+)x([A-Za-z0-9][A-Za-z0-9.\-]*)$")
 
@@ -37,7 +37,3 @@ def load_cluster(ref: str | Path) -> Cluster:
                 raise InputError(f"{path}: nodes[{i}].gpu: {exc}") from None
         return cluster
     return parse_cluster_shorthand(str(ref))
-
-
-def node_gpu(cluster: Cluster, node_index: int) -> GpuSpec:
-    return get_gpu(cluster.nodes[node_index].gpu, cluster.gpus)

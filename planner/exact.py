@@ -43,7 +43,7 @@ from muxplan.schema import Cluster
 from planner.estimator import DRAIN_FACTOR, SM_BUDGET_PCT, UTIL_CAP, served_rates
 from planner.master_lp import master_lp, min_gpu_lp
 from planner.placement import UnitChoice
-from planner.pricing import price_enumerated
+from planner.pricing import Priced, price_enumerated
 from planner.tables import Demand, model_options
 from profiler.memory import usable_bytes
 
@@ -103,8 +103,8 @@ def _dominance_pairs(demands, cand, pi):
     return pairs
 
 
-def _price(demands, gpu, n, cost_model, pi, time_limit_s):
-    """Best unit of mesh size n for duals pi: (dual bound, objective, UnitChoice members) or None."""
+def _price(demands, gpu, n, cost_model, pi, time_limit_s) -> Priced | None:
+    """Best unit of mesh size n for duals pi by the MILP (its dual bound proven), or None when no option fits."""
     h = _highs()
     h.setOptionValue("time_limit", max(0.05, time_limit_s))
     h.setOptionValue("mip_rel_gap", 1e-6)
@@ -153,11 +153,11 @@ def _price(demands, gpu, n, cost_model, pi, time_limit_s):
     info = h.getInfo()
     bound = info.mip_dual_bound if info.mip_dual_bound == info.mip_dual_bound else float("inf")
     if info.primal_solution_status != 2:  # no feasible solution within the time limit
-        return bound, float("-inf"), ()
+        return Priced(bound, float("-inf"), (), exact=True)
     chosen = [(i, opts[i, k]) for (i, k) in opts if h.val(ys[i, k]) > 0.5 and h.val(xs[i, k]) > TOL]
     rates = served_rates([o for _, o in chosen], [demands[i].rate_rps for i, _ in chosen])
     members = tuple((i, o, x) for (i, o), x in zip(chosen, rates) if x > TOL)
-    return bound, sum(pi[i] * x for i, _, x in members), members
+    return Priced(bound, sum(pi[i] * x for i, _, x in members), members, exact=True)
 
 
 def _single_columns(demands, gpus, cost_model):
@@ -226,8 +226,8 @@ def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen, e
                 enumerated = False
                 break
             priced = price_enumerated(demands, gpu, n, cost_model, pi, TOL)
-            heuristic_only = priced is not None and priced[0] == float("inf")
-            if exact and (priced is None or heuristic_only and priced[1] - mu[t] * n <= 1e-6):
+            heuristic_only = priced is not None and not priced.exact
+            if exact and (priced is None or heuristic_only and priced.value - mu[t] * n <= 1e-6):
                 # too many distinct duals to enumerate, and the restricted enumeration found no improving
                 # column (or nothing fits): the MILP, for a column or a proof
                 milp = _price(demands, gpu, n, cost_model, pi, min(left, price_s))
@@ -239,8 +239,8 @@ def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen, e
                 slack[t] = per_gpu[t] = float("inf")
                 n *= 2
                 continue
-            if priced:
-                dual_bound, value, members = priced
+            if priced is not None:
+                dual_bound, value, members = priced.dual_bound, priced.value, priced.members
                 # pricing leaves out one model alone at 100% decode SMs (the seed columns): count those too
                 dual_bound = max(dual_bound, _best_single(demands, gpu, n, cost_model, pi))
                 slack[t] = max(slack[t], (dual_bound - mu[t] * n) / n)

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 from muxplan.catalog import get_gpu, get_model
 from muxplan.files import InputError, load_contract
@@ -18,13 +19,24 @@ EPS = 1e-6
 TIME_SLICED_DEVICE = "cpu"
 
 
+class Member(NamedTuple):
+    """One model on a unit: its demand index, the option it runs with and the rate routed to it."""
+
+    index: int
+    option: Option
+    rate_rps: float
+
+
 @dataclass(frozen=True)
 class UnitChoice:
-    """A unit before GPU ids are assigned: mesh size, GPU type and (demand index, option, routed rate) members."""
+    """A unit before GPU ids are assigned: mesh size, GPU type and members (plain 3-tuples become Members)."""
 
     mesh_size: int
     gpu: str
-    members: tuple[tuple[int, Option, float], ...]
+    members: tuple[Member, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "members", tuple(Member(*m) for m in self.members))
 
 
 @lru_cache(maxsize=None)

@@ -18,12 +18,13 @@ Instead of a MILP it enumerates only what can be optimal:
    row's longest decode step, and P_max on every member's TPOT limit: both are per-row constants.
 
 The result is the pricing optimum (not a heuristic), so the dual bound it returns is the value itself plus
-a tolerance. When the enumeration would be too large (many models with distinct duals), it returns None and
-the caller falls back to the MILP.
+a tolerance. When the enumeration would be too large (many models with distinct duals), it enumerates the most
+valuable models only and marks the result as not exact (dual bound inf); the caller then falls back to the MILP.
 """
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,6 +39,20 @@ SM_SPLITS = {  # maximal decode SM caps per number of models (percent, multiples
     4: [(30, 30, 30, 30)],
 }
 MAX_ROWS = 200_000  # candidate (members, options) rows beyond which enumeration is not exact (see below)
+
+
+@dataclass(frozen=True)
+class Priced:
+    """A priced unit: ``members`` are UnitChoice members, ``value`` their objective under the duals. ``exact``:
+    ``dual_bound`` bounds every unit of this mesh size (else it is inf and the members a heuristic column)."""
+    dual_bound: float
+    value: float
+    members: tuple
+    exact: bool
+
+
+class _TooLarge(Exception):
+    """The enumeration would exceed MAX_SETS member sets or MAX_ROWS rows."""
 MAX_SETS = 20_000  # member sets beyond which likewise
 TIE = 1e-9  # duals closer than this count as equal for dominance (costs at most 4 * TIE * max rate)
 
@@ -134,23 +149,20 @@ def _closed_sets(groups: dict[int, list[int]], w, r, most: int):
     return [s for s in out if s], loss
 
 
-def price_enumerated(demands, gpu, n, cost_model, pi, tol: float = 1e-9):
-    """(dual bound, objective, members) like exact._price, exactly. When that is too large to enumerate (many
-    models with distinct duals), the same enumeration over the most valuable models only: a heuristic column
-    with dual bound inf. None when nothing fits."""
-    found = _enumerate(demands, gpu, n, cost_model, pi, tol, None)
-    limit = 32
-    while found == "too large" and limit >= 2:
-        found = _enumerate(demands, gpu, n, cost_model, pi, tol, limit)
-        limit //= 2
-    if found == "too large":
-        return None
-    if found is not None and found[0] == "heuristic":
-        return float("inf"), found[1], found[2]
-    return found
+def price_enumerated(demands, gpu, n, cost_model, pi, tol: float = 1e-9) -> Priced | None:
+    """The best unit like exact._price, exactly. When that is too large to enumerate (many models with distinct
+    duals), the same enumeration over the most valuable models only: a heuristic column (not exact, dual bound
+    inf). None when nothing fits or even the smallest restricted enumeration is too large."""
+    for limit in (None, 32, 16, 8, 4, 2):
+        try:
+            return _enumerate(demands, gpu, n, cost_model, pi, tol, limit)
+        except _TooLarge:
+            pass
+    return None
 
 
-def _enumerate(demands, gpu, n, cost_model, pi, tol, limit):
+def _enumerate(demands, gpu, n, cost_model, pi, tol, limit) -> Priced | None:
+    """Enumeration over the candidates (the ``limit`` worth most alone when given); raises _TooLarge."""
     if set(DECODE_SM_PCTS) - {100} != {30, 50, 70, 90} or SM_BUDGET_PCT != 120:
         return None  # SM_SPLITS is written for these shares
     usable = usable_bytes(gpu)
@@ -173,7 +185,7 @@ def _enumerate(demands, gpu, n, cost_model, pi, tol, limit):
     r = {i: float(demands[i].rate_rps) for i in cand}
     sets, tie_loss = _closed_sets(groups, w, r, most)
     if sets is None:
-        return "too large"
+        raise _TooLarge
     lightest = {g: float(tables.arr[g, 30][2][0]) if len(tables.arr[g, 30][2]) else np.inf for g in groups}
     blocks, rows = [], 0
     for members in sets:
@@ -186,7 +198,7 @@ def _enumerate(demands, gpu, n, cost_model, pi, tol, limit):
                 blocks.append((members, split, sig, vecs))
                 rows += len(vecs)
         if rows > MAX_ROWS:
-            return "too large"
+            raise _TooLarge
     if not blocks:
         return None
     best = (-np.inf, None)
@@ -223,8 +235,8 @@ def _enumerate(demands, gpu, n, cost_model, pi, tol, limit):
             best = (float(values[top]), members)
     value, members = best
     if limit is not None:
-        return "heuristic", value, members
+        return Priced(float("inf"), value, members, exact=False)
     # the dual bound: the golden-section error (interval ~1e-13 of P) is far below 1e-9 relative; ties within
     # TIE may lose tie_loss at most
     slack = 1e-9 * max(1.0, abs(value)) + tie_loss
-    return value + slack, value, members
+    return Priced(value + slack, value, members, exact=True)

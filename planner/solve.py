@@ -144,3 +144,25 @@ def solve_and_compare(chosen: str, workload: Workload, cluster: Cluster, cost_mo
                              simulated_goodput_rps=p.check.simulated_goodput_rps if p.check else None)
                   for m, p in plans.items()]
     return plans[chosen].model_copy(update={"considered": considered})
+
+
+def solve_by_simulation(workload: Workload, cluster: Cluster, cost_model, cost_label: str = "", objective: str = "goodput",
+                        time_limit_s: float = 30.0, seed: int = 0, backend: str = "highs", slo_scale: float | None = None,
+                        progress=None):
+    """Every solver's plan, the one with the best simulated SLO attainment (then throughput) chosen:
+    (chosen method, its plan with a 'considered' table of every solver, the simulation verdicts).
+    ``progress(description, steps done)`` is told before each solver and before the simulations."""
+    from planner.sim.evaluate import choose_by_simulation
+
+    plans = {}
+    for i, method in enumerate(SOLVERS):
+        if progress:
+            progress(f"solving ({method})", i)
+        plans[method] = solve_and_compare(method, workload, cluster, cost_model, cost_label, objective, time_limit_s, seed,
+                                          backend, compare=False)
+    if progress:
+        progress("simulating the candidate plans", len(SOLVERS))
+    chosen, verdicts = choose_by_simulation(plans, workload, cost_model, slo_scale, seed)
+    considered = [Considered(method=m, value=p.solver.value, served_rps=p.served_rps, num_gpus_used=p.num_gpus_used,
+                             seconds=p.solver.seconds, gap=p.solver.gap, chosen=m == chosen) for m, p in plans.items()]
+    return chosen, plans[chosen].model_copy(update={"considered": considered}), verdicts

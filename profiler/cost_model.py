@@ -1,6 +1,6 @@
 """The one latency interface every planner, simulator and report uses.
 
-Implementations (issue 3): a measured-profile table with log-log interpolation, and an analytic
+Implementations: a measured-profile table with log-log interpolation, and an analytic
 roofline calibrated per GPU type. Latencies are for one forward pass of a model running with tensor
 parallelism ``tp`` on ``sm_pct`` percent of each GPU's SMs.
 """

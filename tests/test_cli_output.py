@@ -1,4 +1,4 @@
-"""What the CLI shows (issue 13 items 14, 16, 17): interpolation gaps, progress on a terminal, uncut tables, schema names, plot names."""
+"""What the CLI shows: interpolation gaps, progress on a terminal, uncut tables, schema names, plot names."""
 import json
 import os
 import pty

@@ -1,4 +1,4 @@
-"""Hostile but well-formed files (issue 13 items 11-13): huge numbers, deep nesting, a BOM, short spans, broken plans.
+"""Hostile but well-formed files: huge numbers, deep nesting, a BOM, short spans, broken plans.
 
 Each must end in exit code 2 with one line per problem naming the file and the field, never a traceback.
 """

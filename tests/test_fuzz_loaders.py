@@ -1,4 +1,4 @@
-"""Property-based fuzz of every file loader (issue 13, the class behind items 11-13).
+"""Property-based fuzz of every file loader.
 
 Each case starts from a valid file of one kind (cluster, workload, trace CSV/JSONL/JSON/YAML, Azure CSV, profile,
 plan), mutates it (a value swapped for a hostile one, a key dropped or added, the text cut or garbled, a BOM), and

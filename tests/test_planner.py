@@ -215,11 +215,13 @@ def test_enumerated_pricing_is_exact_and_the_milp_a_relaxation():
     tied = [0.1 if d.ref == "llama-7b" else 0.2 if d.ref == "llama-13b" else 0.5 for d in demands]
     for pi in (tied, [p * float(rng.uniform(0.8, 1.2)) for p in tied], [float(v) for v in rng.choice([0.0, 0.3, 1.0], len(demands))]):
         for n in (1, 2, 4):
-            bound, value, members = price_enumerated(demands, gpu, n, CM, pi)
+            priced = price_enumerated(demands, gpu, n, CM, pi)
+            assert priced.exact
+            bound, value, members = priced.dual_bound, priced.value, priced.members
             milp = _price(demands, gpu, n, CM, pi, 60)
             # the MILP counts the drain at each model's own decode step (a relaxation): its dual bound covers the
             # exact optimum, and its column, re-rated by the estimator, is no better than the enumeration's
-            assert milp[0] >= value * (1 - 1e-6) and milp[1] <= value * (1 + 1e-6) + 1e-9 and bound >= value
+            assert milp.dual_bound >= value * (1 - 1e-6) and milp.value <= value * (1 + 1e-6) + 1e-9 and bound >= value
             # the column is what the estimator serves: every member's routed rate is served
             est = estimate_unit(gpu, [(demands[i], o, x) for i, o, x in members])
             assert est.feasible and est.total_rps == pytest.approx(sum(x for _, _, x in members), rel=1e-6)

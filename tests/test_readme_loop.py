@@ -1,4 +1,4 @@
-"""The README's CPU engine loop, run verbatim from the README text (issue 13 item 14); `deploy` is tested elsewhere.
+"""The README's CPU engine loop, run verbatim from the README text; `deploy` is tested elsewhere.
 
 It runs in a scratch folder that mirrors the checkout (symlinked code, a copy of the Makefile and the tiny example), so
 `make tiny-models`, `prof/` and `tiny-plan.json` land there and the checkout stays clean. `muxplan` on PATH is this

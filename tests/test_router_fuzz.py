@@ -1,5 +1,5 @@
 """Hypothesis fuzz of the router's request parser, alone and over real HTTP: random JSON bodies and
-headers never give a 500, never hang, and never keep an admission slot (issue 13, items 3 and 10)."""
+headers never give a 500, never hang, and never keep an admission slot."""
 import json
 import socket
 

@@ -1,4 +1,4 @@
-"""ADBS, adaptive batch scheduling (DESIGN.md §3), for the simulator and the engine alike.
+"""ADBS, adaptive batch scheduling (the MuxServe paper's unit scheduler), for the simulator and the engine alike.
 
 1. Prefill first, round-robin over models starting after the last one served; a prefill starts only if
    its job is idle, its SM parts fit and the model's KV quota admits the queue head.

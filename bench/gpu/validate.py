@@ -1,5 +1,5 @@
 """GPU validation in one invocation: measured profiles, analytic-model error, engine speed vs roofline,
-multiplexing gain and simulator fidelity (issues 6 and 8). Writes JSON into OUT and prints short tables.
+multiplexing gain and simulator fidelity. Writes JSON into OUT and prints short tables.
 
     python bench/gpu/validate.py OUT            # on an NVIDIA GPU: Llama-3.1-8B, Qwen2.5-14B, Llama-3.2-3B (random bf16 weights)
     python bench/gpu/validate.py OUT --tiny     # anywhere (CPU): three tiny local models, a small grid, short traces
@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+# Run as a script on a bare GPU machine (``python bench/gpu/validate.py OUT``, no install), so the checkout's
+# root goes on the path before the library is imported.
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-import engine_vs_sim as evs  # noqa: E402
+from bench import engine_vs_sim as evs  # noqa: E402
 
 GPU_MODELS = {"llama-3.1-8b": "llama-3.1-8b", "qwen2.5-14b": "qwen2.5-14b", "llama-3.2-3b": "llama-3.2-3b"}
 SKEW = (0.6, 0.3, 0.1)  # share of the total rate of each model, in MODELS order

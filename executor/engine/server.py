@@ -114,33 +114,37 @@ class Prompts:
         return [self._room(body.model, list(ids), "messages")]
 
 
-def create_app(engine: Engine, max_queue: int = 1024, default_max_tokens: int = 16, token: str | None = None,
-               workers: int = 2):
-    """``default_max_tokens`` applies to completions (OpenAI's default); chat defaults to the rest of the context."""
-    app = FastAPI(title="muxplan engine")
-    telemetry = Telemetry(engine)
-    prompts = Prompts(engine)
-    cpu = ThreadPoolExecutor(workers, thread_name_prefix="parse")
+class _Completions:
+    """The completion endpoints' request handling: parse off the event loop, admit, submit, answer or stream."""
 
-    async def handle(request: Request, chat: bool):
+    def __init__(self, engine: Engine, telemetry: Telemetry, max_queue: int, default_max_tokens: int, workers: int):
+        self.engine, self.telemetry = engine, telemetry
+        self.max_queue, self.default_max_tokens = max_queue, default_max_tokens
+        self.prompts = Prompts(engine)
+        self.cpu = ThreadPoolExecutor(workers, thread_name_prefix="parse")
+
+    async def handle(self, request: Request, chat: bool):
         loop = asyncio.get_running_loop()
         try:
             raw = await request.body()
-            body, ids = await loop.run_in_executor(cpu, prompts.parse, raw, chat)
-            return await submit(body, ids, chat)
+            body, ids = await loop.run_in_executor(self.cpu, self.prompts.parse, raw, chat)
+            return await self.submit(body, ids, chat)
         except Reject as r:
             return error(r.status, r.message, r.retry_after)
 
-    async def submit(body, prompt_ids: list[list[int]], chat: bool):
-        model, n = body.model, body.n or 1
-        limit = engine.max_context(model)
+    def admit(self, model: str, num_seqs: int) -> None:
+        engine = self.engine
         if engine.failure is not None:
             raise Reject(503, f"engine failed: {engine.failure}")
-        if engine.num_in_flight + len(prompt_ids) * n > max_queue:
-            telemetry.rejected(model)
+        if engine.num_in_flight + num_seqs > self.max_queue:
+            self.telemetry.rejected(model)
             raise Reject(429, f"engine busy: {engine.num_in_flight} requests in flight", retry_after=1)
+
+    def add(self, body, prompt_ids: list[list[int]], chat: bool, events: asyncio.Queue) -> list:
+        """One engine sequence per prompt and choice, each reporting (index, delta, finished) to ``events``."""
+        engine, model, n = self.engine, body.model, body.n or 1
+        limit = engine.max_context(model)
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
         seqs = []
         try:
             for p, ids in enumerate(prompt_ids):
@@ -150,17 +154,34 @@ def create_app(engine: Engine, max_queue: int = 1024, default_max_tokens: int = 
                     def listener(seq, delta, finished, index=index):
                         loop.call_soon_threadsafe(events.put_nowait, (index, delta, finished))
 
-                    seqs.append(engine.add_request(model, ids, body.params(limit - len(ids) if chat else default_max_tokens, i), listener))
+                    seqs.append(engine.add_request(model, ids, body.params(limit - len(ids) if chat else self.default_max_tokens, i),
+                                                   listener))
         except InputError as exc:
             for s in seqs:
                 engine.abort(s.id)
             raise Reject(400, str(exc)) from None
         except EngineDead as exc:
             raise Reject(503, f"engine failed: {exc}") from None
+        return seqs
+
+    async def submit(self, body, prompt_ids: list[list[int]], chat: bool):
+        n = body.n or 1
+        self.admit(body.model, len(prompt_ids) * n)
+        events: asyncio.Queue = asyncio.Queue()
+        seqs = self.add(body, prompt_ids, chat, events)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         if body.stream:
-            return StreamingResponse(stream(seqs, events, rid, created, chat, body.include_usage, n), media_type="text/event-stream")
+            return StreamingResponse(self.stream(seqs, events, rid, created, chat, body.include_usage, n), media_type="text/event-stream")
+        await self.wait(seqs, events)
+        if any(s.finish_reason == "error" for s in seqs):
+            raise Reject(503, f"engine failed: {self.engine.failure}")
+        for s in seqs:
+            self.telemetry.finished(s)
+        return _completion_body(seqs, rid, created, body.model, chat, n)
+
+    async def wait(self, seqs, events: asyncio.Queue) -> None:
+        """Until every sequence finished; a cancelled request aborts them."""
         left = len(seqs)
         try:
             while left:
@@ -168,25 +189,11 @@ def create_app(engine: Engine, max_queue: int = 1024, default_max_tokens: int = 
                 left -= finished
         except asyncio.CancelledError:
             for s in seqs:
-                engine.abort(s.id)
+                self.engine.abort(s.id)
             raise
-        if any(s.finish_reason == "error" for s in seqs):
-            raise Reject(503, f"engine failed: {engine.failure}")
-        for s in seqs:
-            telemetry.finished(s)
-        if chat:
-            choices = [{"index": k, "message": {"role": "assistant", "content": s.text}, "finish_reason": s.finish_reason}
-                       for k, s in enumerate(seqs)]
-            return {"id": rid, "object": "chat.completion", "created": created, "model": model, "choices": choices, "usage": usage(seqs, n)}
-        choices = [{"index": k, "text": s.text, "logprobs": None, "finish_reason": s.finish_reason} for k, s in enumerate(seqs)]
-        return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": choices, "usage": usage(seqs, n)}
 
-    def usage(seqs, n: int) -> dict:
-        prompt = sum(len(s.prompt_ids) for s in seqs[::n])  # each prompt counts once, whatever n
-        completion = sum(len(s.output_ids) for s in seqs)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-    async def stream(seqs, events: asyncio.Queue, rid: str, created: int, chat: bool, include_usage: bool, n: int):
+    async def stream(self, seqs, events: asyncio.Queue, rid: str, created: int, chat: bool, include_usage: bool, n: int):
+        engine = self.engine
         obj = "chat.completion.chunk" if chat else "text_completion"
         model = seqs[0].model
 
@@ -214,24 +221,47 @@ def create_app(engine: Engine, max_queue: int = 1024, default_max_tokens: int = 
                         err = {"message": f"engine failed: {engine.failure}", "type": "server_error", "code": 503}
                         yield "data: " + json.dumps({"error": err}) + "\n\n"
                         return
-                    telemetry.finished(seq)
+                    self.telemetry.finished(seq)
                     yield chunk(index, None if chat else "", seq.finish_reason)
             if include_usage:
                 yield "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": model, "choices": [],
-                                             "usage": usage(seqs, n)}) + "\n\n"
+                                             "usage": _usage(seqs, n)}) + "\n\n"
             yield "data: [DONE]\n\n"
         finally:
             if left:
                 for s in seqs:
                     engine.abort(s.id)  # the client went away (aborting a finished one is a no-op)
 
+
+def _usage(seqs, n: int) -> dict:
+    prompt = sum(len(s.prompt_ids) for s in seqs[::n])  # each prompt counts once, whatever n
+    completion = sum(len(s.output_ids) for s in seqs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _completion_body(seqs, rid: str, created: int, model: str, chat: bool, n: int) -> dict:
+    if chat:
+        choices = [{"index": k, "message": {"role": "assistant", "content": s.text}, "finish_reason": s.finish_reason}
+                   for k, s in enumerate(seqs)]
+        return {"id": rid, "object": "chat.completion", "created": created, "model": model, "choices": choices, "usage": _usage(seqs, n)}
+    choices = [{"index": k, "text": s.text, "logprobs": None, "finish_reason": s.finish_reason} for k, s in enumerate(seqs)]
+    return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": choices, "usage": _usage(seqs, n)}
+
+
+def create_app(engine: Engine, max_queue: int = 1024, default_max_tokens: int = 16, token: str | None = None,
+               workers: int = 2):
+    """``default_max_tokens`` applies to completions (OpenAI's default); chat defaults to the rest of the context."""
+    app = FastAPI(title="muxplan engine")
+    telemetry = Telemetry(engine)
+    api = _Completions(engine, telemetry, max_queue, default_max_tokens, workers)
+
     @app.post("/v1/completions")
     async def completions(request: Request):
-        return await handle(request, chat=False)
+        return await api.handle(request, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        return await handle(request, chat=True)
+        return await api.handle(request, chat=True)
 
     @app.get("/v1/models")
     async def models():

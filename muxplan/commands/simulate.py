@@ -30,7 +30,7 @@ def simulate(
     from muxplan.workload import load_workload
     from planner.placement import load_plan
     from planner.sim import comparison, records, render
-    from planner.sim.policy import get_policy
+    from unitsched.policy import get_policy
     from planner.sim.trace import build_request_table
     from profiler.cost_model import load_cost_model
 

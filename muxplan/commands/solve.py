@@ -33,7 +33,7 @@ def solve(
     from muxplan.workload import load_workload
     from planner.placement import check_plan
     from planner.report import headline, plan_tables
-    from planner.solve import solve_and_compare
+    from planner.solve import SOLVERS, solve_and_compare, solve_by_simulation
     from profiler.cost_model import load_cost_model
 
     check_numbers(time_limit=(time_limit, 0, True), seed=(seed, 0, False), slo_scale=(slo_scale, 0, True))
@@ -46,19 +46,11 @@ def solve(
     with progress_bar() as bar:
         task = bar.add_task(f"solving ({solver})", total=None, note=f"time limit {time_limit:g} s" if solver == "exact" else "")
         if evaluate == "sim":
-            from muxplan.schema import Considered
-            from planner.sim.evaluate import choose_by_simulation
-            from planner.solve import SOLVERS
+            def progress(description: str, done: int) -> None:
+                bar.update(task, description=description, total=len(SOLVERS) + 1, completed=done)
 
-            plans = {}
-            for i, m in enumerate(SOLVERS):
-                bar.update(task, description=f"solving ({m})", total=len(SOLVERS) + 1, completed=i)
-                plans[m] = solve_and_compare(m, w, c, cost_model, label, objective, time_limit, seed, backend, compare=False)
-            bar.update(task, description="simulating the candidate plans", completed=len(SOLVERS))
-            solver, verdicts = choose_by_simulation(plans, w, cost_model, slo_scale, seed)
-            considered = [Considered(method=m, value=p.solver.value, served_rps=p.served_rps, num_gpus_used=p.num_gpus_used,
-                                     seconds=p.solver.seconds, gap=p.solver.gap, chosen=m == solver) for m, p in plans.items()]
-            plan = plans[solver].model_copy(update={"considered": considered})
+            solver, plan, verdicts = solve_by_simulation(w, c, cost_model, label, objective, time_limit, seed, backend, slo_scale,
+                                                         progress)
         else:
             plan = solve_and_compare(solver, w, c, cost_model, label, objective, time_limit, seed, backend, compare, verify)
     problems = check_plan(plan, w)
@@ -67,17 +59,7 @@ def solve(
     if out:
         save_contract(out, plan)
     if as_json:
-        s = plan.solver
-        per_model: dict[str, float] = {}
-        for u in plan.units:
-            for m in u.models:
-                per_model[m.name] = per_model.get(m.name, 0.0) + m.predicted_rps
-        typer.echo(json.dumps({"solver": s.method, "objective": s.objective, "value": s.value, "bound": s.bound, "gap": s.gap,
-                               "status": s.status, "seconds": s.seconds, "num_gpus_used": plan.num_gpus_used,
-                               "served_rps": plan.served_rps, "demand_rps": plan.demand_rps, "served_rps_per_model": per_model,
-                               "considered": [x.model_dump() for x in plan.considered],
-                               "simulated": [{"solver": m, "policy": p, "throughput_rps": v.overall.throughput_rps,
-                                              "slo_attainment": v.overall.slo_attainment} for m, p, v in verdicts or []]}, indent=1))
+        typer.echo(json.dumps(json_summary(plan, verdicts), indent=1))
         return
     con = console()
     for table in plan_tables(plan):
@@ -89,3 +71,18 @@ def solve(
     con.print(headline(plan))
     if out:
         con.print(f"wrote {out}")
+
+
+def json_summary(plan, verdicts) -> dict:
+    """What ``solve --json`` prints: the solver record, totals, per-model rates, considered and simulated plans."""
+    s = plan.solver
+    per_model: dict[str, float] = {}
+    for u in plan.units:
+        for m in u.models:
+            per_model[m.name] = per_model.get(m.name, 0.0) + m.predicted_rps
+    return {"solver": s.method, "objective": s.objective, "value": s.value, "bound": s.bound, "gap": s.gap,
+            "status": s.status, "seconds": s.seconds, "num_gpus_used": plan.num_gpus_used,
+            "served_rps": plan.served_rps, "demand_rps": plan.demand_rps, "served_rps_per_model": per_model,
+            "considered": [x.model_dump() for x in plan.considered],
+            "simulated": [{"solver": m, "policy": p, "throughput_rps": v.overall.throughput_rps,
+                           "slo_attainment": v.overall.slo_attainment} for m, p, v in verdicts or []]}

@@ -15,7 +15,7 @@ from typing import Callable
 from muxplan.schema import Plan, Workload
 from planner.sim.engine import run_table
 from planner.sim.metrics import Summary, summarize
-from planner.sim.policy import Policy
+from unitsched.policy import Policy
 from planner.sim.trace import RequestTable
 from profiler.cost_model import CostModel
 

@@ -17,9 +17,10 @@ from muxplan.schema import Plan, Workload
 from planner.sim.capacity import Capacity, max_rate_scale
 from planner.sim.engine import SimResult, run_table
 from planner.sim.metrics import Summary, attainment_curve, summarize
-from planner.sim.policy import get_policy
 from planner.sim.trace import RequestTable
+from planner.solve import run_solver
 from profiler.cost_model import CostModel
+from unitsched.policy import get_policy
 
 SLO_SCALES = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0)
 PLOT_RATE_SCALES = (0.25, 0.5, 1.0, 2.0)
@@ -43,10 +44,6 @@ class RunOutcome:
 
 def baseline_plan(name: str, plan: Plan, workload: Workload, cost: CostModel) -> Plan:
     """A baseline plan on the main plan's cluster, built by the planner (spatial or greedy)."""
-    try:
-        from planner.solve import run_solver
-    except ImportError:
-        raise InputError(f"--compare: '{name}' needs the planner (planner/solve.py), not available in this checkout") from None
     return run_solver(name, workload, plan.cluster, cost)
 
 

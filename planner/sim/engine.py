@@ -19,7 +19,7 @@ import numpy as np
 from muxplan.schema import Plan, Workload
 from planner.sim.isolated import isolated_latency
 from planner.sim.layout import SHED, build_layout, route_requests
-from planner.sim.policy import Policy, get_policy
+from unitsched.policy import Policy, get_policy
 from planner.sim.trace import RequestTable, build_request_table
 from planner.sim.unit import DECODE_DONE, PREFILL_DONE, Book, UnitState
 from profiler.cost_model import CostModel
@@ -77,7 +77,7 @@ def run_table(plan: Plan, workload: Workload, table: RequestTable, cost: CostMod
         push(pol.adapt_period_s, ADAPT, -1, -1)
     push(SAMPLE_PERIOD_S, SAMPLE, -1, -1)
     arrivals, unit_list, slot_list = book.arrival_s, unit_of.tolist(), slot_of.tolist()
-    n, i, now, events = len(arrivals), 0, 0.0, 0
+    n, i, now = len(arrivals), 0, 0.0
     inf = math.inf
     schedule = pol.schedule
     while book.num_open > 0:
@@ -95,15 +95,10 @@ def run_table(plan: Plan, workload: Workload, table: RequestTable, cost: CostMod
                 unit.finish_prefill(unit.slots[idx], now)
                 schedule(unit, now)
             elif kind == ADAPT:
-                for unit in units:
-                    pol.adapt(unit, now)
-                    quota_history[unit.spec.id].append((now, tuple(s.quota_bytes for s in unit.slots)))
-                    schedule(unit, now)
+                _adapt(pol, units, quota_history, now)
                 push(now + pol.adapt_period_s, ADAPT, -1, -1)
             else:
-                for unit in units:
-                    unit._set_sm(now, 0)
-                    samples[unit.spec.id].append((now, unit.sm_area, 100.0 * unit.used_bytes / unit.pool_bytes))
+                _sample(units, samples, now)
                 push(now + SAMPLE_PERIOD_S, SAMPLE, -1, -1)
                 if progress is not None:
                     progress(now, horizon)
@@ -112,21 +107,58 @@ def run_table(plan: Plan, workload: Workload, table: RequestTable, cost: CostMod
             i += 1
             if now > horizon:
                 break
-            pos = unit_list[req]
-            if pos < 0:
-                book.drop(req, "shed: above the rate the plan admits" if pos == SHED else "model not placed in the plan")
-                continue
-            unit = units[pos]
-            unit.slots[slot_list[req]].queue.append(req)
-            schedule(unit, now)
+            unit = _enqueue(book, units, unit_list[req], slot_list[req], req)
+            if unit is not None:
+                schedule(unit, now)
         else:
             break
-        events += 1
+    _drop_unfinished(book, n)
+    return SimResult(
+        policy=pol.name, seed=seed, rate_scale=rate_scale, model_names=table.model_names,
+        unit_ids=tuple(u.spec.id for u in units), records=_records(plan, workload, table, cost, layout, book, unit_list),
+        timeline=_timeline(samples), quota_history=quota_history,
+        num_decode_steps=sum(u.num_decode_steps for u in units), num_prefill_batches=sum(u.num_prefill_batches for u in units),
+        wall_s=time.perf_counter() - started, sim_end_s=now, event_log=log,
+    )
+
+
+def _enqueue(book: Book, units: list[UnitState], pos: int, slot: int, req: int) -> UnitState | None:
+    """An arrival joins its slot's queue (its unit returned, to schedule) or is dropped (None)."""
+    if pos < 0:
+        book.drop(req, "shed: above the rate the plan admits" if pos == SHED else "model not placed in the plan")
+        return None
+    unit = units[pos]
+    unit.slots[slot].queue.append(req)
+    return unit
+
+
+def _adapt(pol: Policy, units: list[UnitState], quota_history: dict, now: float) -> None:
+    """The periodic quota adaptation on every unit, recorded, then each unit schedules."""
+    for unit in units:
+        pol.adapt(unit, now)
+        quota_history[unit.spec.id].append((now, tuple(s.quota_bytes for s in unit.slots)))
+        pol.schedule(unit, now)
+
+
+def _sample(units: list[UnitState], samples: dict, now: float) -> None:
+    """One usage sample per unit: (time, cumulative SM area, KV pool use in percent)."""
+    for unit in units:
+        unit._set_sm(now, 0)
+        samples[unit.spec.id].append((now, unit.sm_area, 100.0 * unit.used_bytes / unit.pool_bytes))
+
+
+def _drop_unfinished(book: Book, n: int) -> None:
     for req in range(n):
         if not book.dropped[req] and book.finish_s[req] != book.finish_s[req]:
             book.drop(req, "unfinished at the horizon")
+
+
+def _records(plan: Plan, workload: Workload, table: RequestTable, cost: CostModel, layout, book: Book,
+             unit_list: list[int]) -> dict[str, np.ndarray]:
+    """The per-request columns of SimResult.records."""
+    n = table.num_requests
     iso_ttft, iso_e2e = isolated_latency(layout, plan, workload, table, cost)
-    records = {
+    return {
         "request": np.arange(n),
         "model": table.model,
         "unit": np.array([layout.units[u].id if u >= 0 else u for u in unit_list], dtype=np.int64),
@@ -140,18 +172,17 @@ def run_table(plan: Plan, workload: Workload, table: RequestTable, cost: CostMod
         "isolated_ttft_s": iso_ttft,
         "isolated_latency_s": iso_e2e,
     }
+
+
+def _timeline(samples: dict[int, list[tuple[float, float, float]]]) -> dict[int, dict[str, np.ndarray]]:
+    """Per unit: sample times, SM use in percent over each sample interval, KV pool use in percent."""
     timeline = {}
     for uid, rows in samples.items():
         arr = np.array(rows, dtype=np.float64).reshape(-1, 3)
         area = np.diff(np.concatenate([[0.0], arr[:, 1]]))
         span = np.diff(np.concatenate([[0.0], arr[:, 0]]))
         timeline[uid] = {"t_s": arr[:, 0], "sm_pct": 10.0 * area / np.maximum(span, 1e-12), "kv_pct": arr[:, 2]}
-    return SimResult(
-        policy=pol.name, seed=seed, rate_scale=rate_scale, model_names=table.model_names,
-        unit_ids=tuple(u.spec.id for u in units), records=records, timeline=timeline, quota_history=quota_history,
-        num_decode_steps=sum(u.num_decode_steps for u in units), num_prefill_batches=sum(u.num_prefill_batches for u in units),
-        wall_s=time.perf_counter() - started, sim_end_s=now, event_log=log,
-    )
+    return timeline
 
 
 def simulate_plan(plan: Plan, workload: Workload, cost_model: CostModel, policy: str | Policy = "adbs", seed: int = 0,
