@@ -102,8 +102,27 @@ def _max_tokens(body: dict) -> int | None:
     return found
 
 
+MAX_DEPTH = 64  # deeper JSON is refused here: backends' parsers (vLLM's, a stub's) fail on it with a 500
+
+
+def _too_deep(data) -> bool:
+    """True when containers nest deeper than MAX_DEPTH (iterative: the walk itself cannot exhaust the stack)."""
+    stack = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth >= MAX_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def parse_request(body: bytes, chat: bool) -> Parsed:
     data = _loads(body)
+    if isinstance(data, (dict, list)) and _too_deep(data):
+        raise RequestError(400, f"request body must be JSON: nested too deeply (more than {MAX_DEPTH} levels)")
     if not isinstance(data, dict):
         raise RequestError(400, "request body must be a JSON object")
     model = data.get("model")

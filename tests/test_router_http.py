@@ -131,7 +131,9 @@ def test_bounds_give_413_and_400_naming_the_limit(router):
     (b'{"model": "a", "prompt": "Hi", "seed": -Infinity}', "request body must be JSON: -Infinity is not valid JSON"),
     (b'{"model": "a", "prompt": "Hi", "temperature": 1e999}', "request body must be JSON: 1e999 is out of range"),
     (b"[" * 100_000 + b"]" * 100_000, "request body must be JSON: nested too deeply"),
-    (b'{"model": "a", "prompt": ' + b"[" * 900 + b"]" * 900 + b', "max_tokens": 5000}',  # parsed, then walked without recursion
+    (b'{"model": "a", "prompt": ' + b"[" * 900 + b"]" * 900 + b', "max_tokens": 5}',  # parsed, then refused: backends would 500
+     "request body must be JSON: nested too deeply (more than 64 levels)"),
+    (b'{"model": "a", "prompt": ' + b"[" * 62 + b"1" + b"]" * 62 + b', "max_tokens": 5000}',  # 63 levels pass to the limits
      "max_tokens 5000 exceeds model 'a''s context of 2048 tokens"),
     (b'{"model": "a", "stream": "yes"}', "field 'stream' must be true or false"),
     (b'{"model": 7}', "field 'model' is required"),
