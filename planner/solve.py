@@ -6,7 +6,8 @@ import time
 from muxplan.files import InputError
 from muxplan.schema import Cluster, Considered, Plan, SolverRecord, Workload
 from planner.exact import ExactSolution
-from planner.placement import TIME_SLICED_DEVICE, build_plan, inputs_digest
+from planner.placement import build_plan, inputs_digest
+from profiler.plan_check import TIME_SLICED_DEVICE
 from planner.tables import demands_from_workload
 
 SOLVERS = ("exact", "greedy", "spatial", "temporal")

@@ -22,7 +22,7 @@ def tiny_models(tmp_path_factory):
 
 
 # (prefill, decode) SM% that keeps two colocated models within the plan checker's 120% decode budget: plans that a server or
-# `muxplan deploy` reads from a file go through planner.placement.load_plan
+# `muxplan deploy` reads from a file go through profiler.plan_check.load_plan
 VALID_SM = (100, 60)
 
 

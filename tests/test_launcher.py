@@ -100,7 +100,7 @@ def save_broken(path: Path, edit) -> Path:
     (lambda d: d["units"][1].update(gpu_ids=[6, 9]), "units[1].gpu_ids", "GPU 9 is not on node 3 (8 GPUs)"),
 ], ids=["duplicate-unit-id", "gpu-out-of-range"])
 def test_dry_run_checks_the_plan_like_every_command(tmp_path, edit, field, message):
-    """deploy (and --dry-run) reads the plan through planner.placement.load_plan, as plan show and simulate do."""
+    """deploy (and --dry-run) reads the plan through profiler.plan_check.load_plan, as plan show and simulate do."""
     path = save_broken(tmp_path / "plan.json", edit)
     proc = run_cli("deploy", path, "--dry-run", "--gpu", "--state-dir", tmp_path / "st")
     assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr

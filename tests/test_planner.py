@@ -11,7 +11,8 @@ from muxplan.workload import load_workload, parse_model_counts, synthesize
 from planner.estimator import DRAIN_FACTOR, UTIL_CAP, estimate_unit, served_rates
 from planner.exact import solve_exact
 from planner.greedy import place_greedy
-from planner.placement import UnitChoice, build_plan, check_plan, partitions
+from planner.placement import UnitChoice, build_plan, partitions
+from profiler.plan_check import check_plan
 from planner.solve import run_solver
 from planner.tables import Demand, Option, demands_from_workload, model_options
 from profiler.cost_model import load_cost_model
@@ -263,3 +264,11 @@ def test_sm_budget_applies_to_gpus_not_to_a_time_sliced_cpu():
 
     assert check_plan(plan_on("A100-80GB")) == ["units[0]: decode SM shares 200% > 120%"]
     assert check_plan(plan_on("cpu")) == []
+
+
+def test_executor_imports_nothing_from_the_planner():
+    import re
+
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "executor").rglob("*.py")
+                 if re.search(r"^\s*(from|import) planner\b", p.read_text(), re.M)]
+    assert offenders == []

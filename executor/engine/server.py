@@ -300,7 +300,7 @@ def main() -> None:
     import uvicorn
 
     from executor.engine.engine import served_models
-    from planner.placement import load_plan
+    from profiler.plan_check import load_plan
 
     try:
         engine = Engine(served_models(load_plan(args.plan, model_files_optional=True), args.unit), policy=args.policy, device=args.device)

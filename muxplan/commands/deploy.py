@@ -24,7 +24,7 @@ def deploy(
     import shutil
 
     from executor.launcher import build_processes, shell_script
-    from planner.placement import load_plan
+    from profiler.plan_check import load_plan
 
     # the schema and every constraint, as every command that reads a plan checks them; a model may be a hub id or a
     # local folder not built yet (vLLM resolves it when it starts; --dry-run needs no model files)

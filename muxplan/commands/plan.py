@@ -17,7 +17,7 @@ def show(
     """Re-render a plan and check its constraints."""
     from muxplan.render import console
     from muxplan.workload import load_workload
-    from planner.placement import load_plan
+    from profiler.plan_check import load_plan
     from planner.report import headline, plan_tables
 
     plan = load_plan(file, load_workload(workload) if workload else None)
@@ -32,7 +32,7 @@ def show(
 def diff(a: Annotated[Path, typer.Argument(help="First plan.")], b: Annotated[Path, typer.Argument(help="Second plan.")]) -> None:
     """Show moved models and changed shares between two plans."""
     from muxplan.render import console
-    from planner.placement import load_plan
+    from profiler.plan_check import load_plan
     from planner.report import diff_table, headline
 
     pa, pb = load_plan(a), load_plan(b)

@@ -28,7 +28,7 @@ def simulate(
     from muxplan.files import InputError, atomic_path
     from muxplan.render import console
     from muxplan.workload import load_workload
-    from planner.placement import load_plan
+    from profiler.plan_check import load_plan
     from planner.sim import comparison, records, render
     from unitsched.policy import get_policy
     from planner.sim.trace import build_request_table

@@ -31,7 +31,7 @@ def solve(
     from muxplan.files import InputError, save_contract
     from muxplan.render import console, progress_bar
     from muxplan.workload import load_workload
-    from planner.placement import check_plan
+    from profiler.plan_check import check_plan
     from planner.report import headline, plan_tables
     from planner.solve import SOLVERS, solve_and_compare, solve_by_simulation
     from profiler.cost_model import load_cost_model
