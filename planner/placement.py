@@ -76,6 +76,19 @@ def inputs_digest(workload: Workload, cluster: Cluster, cost_label: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _any_option(demand: Demand, cluster: Cluster, cost_model) -> bool:
+    """Whether the model has an option within its SLO on some mesh of some GPU type of the cluster."""
+    from planner.tables import model_options
+
+    for node in cluster.nodes:
+        gpu, n = get_gpu(node.gpu, cluster.gpus), 1
+        while n <= node.num_gpus:
+            if model_options(demand, gpu, n, cost_model):
+                return True
+            n *= 2
+    return False
+
+
 def build_plan(
     cluster: Cluster, demands: list[Demand], units: list[UnitChoice], solver: SolverRecord,
     cost_label: str = "", workload_name: str = "", temporal: bool = False, cost_model=None,
@@ -113,6 +126,8 @@ def build_plan(
         if d.rate_rps - s > EPS * max(1.0, d.rate_rps):
             placed_anywhere = any(demands[i].name == d.name for u in units for i, _, _ in u.members)
             reason = "placed, but its units are saturated" if placed_anywhere else "not placed: no mesh with room left"
+            if not placed_anywhere and cost_model is not None and not _any_option(d, cluster, cost_model):
+                reason = "not placed: no option meets its SLO (the decode step alone exceeds the TPOT limit) on any mesh"
             unserved.append(Unserved(name=d.name, demand_rps=d.rate_rps, served_rps=s, reason=reason))
     demand = sum(d.rate_rps for d in demands)
     predicted = cost_model is not None and not temporal

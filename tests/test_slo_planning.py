@@ -123,3 +123,14 @@ def test_closed_loop_tightens_a_model_whose_simulation_misses_its_prediction(mon
     assert plan.check.rounds == len(seen) >= 2
     assert plan.check.simulated_goodput_rps == max(c.simulated_goodput_rps for c in seen)
     assert plan.check.simulated_slo_attainment >= seen[0].simulated_slo_attainment
+
+
+def test_a_model_no_option_can_serve_within_its_slo_is_reported_so():
+    from muxplan.schema import Slo
+
+    w, cluster = small([1.0, 1.0, 1.0])
+    tight = w.model_copy(update={"models": [w.models[0].model_copy(update={"slo": Slo(tpot_ms=0.001)}), *w.models[1:]]})
+    plan = run_solver("exact", tight, cluster, CM, time_limit_s=10)
+    (unserved,) = plan.unserved
+    assert unserved.name == w.models[0].name and unserved.served_rps == 0.0
+    assert unserved.reason == "not placed: no option meets its SLO (the decode step alone exceeds the TPOT limit) on any mesh"
