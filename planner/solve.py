@@ -7,8 +7,8 @@ from muxplan.files import InputError
 from muxplan.schema import Cluster, Considered, Plan, SolverRecord, Workload
 from planner.exact import ExactSolution
 from planner.placement import build_plan, inputs_digest
-from profiler.plan_check import TIME_SLICED_DEVICE
 from planner.tables import demands_from_workload
+from profiler.plan_check import TIME_SLICED_DEVICE
 
 SOLVERS = ("exact", "greedy", "spatial", "temporal")
 OBJECTIVES = ("goodput", "headroom", "min-gpus", "throughput", "weighted", "fairness")
@@ -94,11 +94,7 @@ def _solve_exact_objective(demands, cluster, cost_model, objective, time_limit_s
     # all demand may fit: the plan of the largest common scale serves it with the most room, when it serves as much
     left = time_limit_s - (time.perf_counter() - start)
     room = solve_headroom(demands, cluster, cost_model, max(1.0, left), seed, backend, list(warm) + list(sol.units))
-    served = [0.0] * len(demands)
-    for u in room.units:
-        for i, _, r in u.members:
-            served[i] += r
-    goodput = sum(served)
+    goodput = sum(m.rate_rps for u in room.units for m in u.members)
     if goodput < sol.value * (1 - 1e-9):
         return sol, None
     gap = max(0.0, (sol.bound - goodput) / sol.bound) if sol.bound > 0 else 0.0
@@ -120,6 +116,7 @@ def solve_and_compare(chosen: str, workload: Workload, cluster: Cluster, cost_mo
     greedy_units = place_greedy(demands, cluster, cost_model, time_limit_s / 3) if chosen in ("exact", "greedy") or compare else None
     greedy_s = time.perf_counter() - start
     methods = SOLVERS if compare else (chosen,)
+
     def solve(m):
         spent = greedy_s if m == "exact" and greedy_units is not None else 0.0
         if m != "exact" or not verify:
@@ -127,8 +124,10 @@ def solve_and_compare(chosen: str, workload: Workload, cluster: Cluster, cost_mo
                               time_limit_s, seed, backend, greedy_units, spent)
         from planner.verify import solve_verified
 
+        # a corrected round must not warm-start from the greedy units: their options carry the uncorrected TPOT limits
         return solve_verified(lambda limit, fix: run_solver(m, workload, cluster, cost_model, cost_label, objective, limit, seed,
-                                                            backend, greedy_units, 0.0, fix), workload, cost_model, time_limit_s - spent, seed)
+                                                            backend, [] if fix else greedy_units, 0.0, fix),
+                              workload, cost_model, time_limit_s - spent, seed)
 
     plans = {m: solve(m) for m in methods}
     if "greedy" in plans:  # its units were computed once above and shared as the exact warm start
