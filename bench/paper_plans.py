@@ -1,11 +1,29 @@
-"""Plans for the simulator benchmarks: the paper's spatial layout, and the planner's plans when it is present."""
+"""The paper sweep's grid and its spatial layout, shared by the sweep benchmarks."""
 from __future__ import annotations
+
+import argparse
 
 from muxplan.catalog import get_gpu, get_model, num_params
 from muxplan.schema import Cluster, PlacedModel, Plan, SolverRecord, Unit, Workload
 from profiler.memory import kv_capacity_bytes
 
+PAPER_COUNTS = [("llama-7b", 12), ("llama-13b", 4), ("llama-30b", 2), ("llama-65b", 1)]  # the paper's 19 models
 SPATIAL_GPUS = ((20e9, 1), (45e9, 4), (1e15, 8))  # paper §5: 7B/13B one GPU, 30B four, 65B eight
+
+
+def add_grid_args(ap: argparse.ArgumentParser) -> None:
+    """--alphas, --scales, --orders: the sweep's popularity skews, top-rate scales (x 40 req/s) and rank orders."""
+    ap.add_argument("--alphas", default="0.7,0.9,1.3,1.7,2.1")
+    ap.add_argument("--scales", default="0.5,0.75,1.0,1.25")
+    ap.add_argument("--orders", default="size,shuffled")
+
+
+def grid(args: argparse.Namespace):
+    """(order, alpha, scale) of every sweep instance, in the sweep's order."""
+    for order in args.orders.split(","):
+        for alpha in map(float, args.alphas.split(",")):
+            for s in map(float, args.scales.split(",")):
+                yield order, alpha, s
 
 
 def paper_spatial_plan(workload: Workload, cluster: Cluster) -> Plan:

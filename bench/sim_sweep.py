@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.paper_plans import paper_spatial_plan
+from bench.paper_plans import PAPER_COUNTS, add_grid_args, grid, paper_spatial_plan
 from muxplan.cluster import load_cluster
 from muxplan.workload import synthesize
 from planner.sim.capacity import max_rate_scale
@@ -35,7 +35,6 @@ from profiler.cost_model import load_cost_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
-COUNTS = [("llama-7b", 12), ("llama-13b", 4), ("llama-30b", 2), ("llama-65b", 1)]
 SLO_SCALE = 5.0
 
 
@@ -64,9 +63,7 @@ def runs_for(workload, cluster, cost, time_limit_s):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--alphas", default="0.7,0.9,1.3,1.7,2.1")
-    ap.add_argument("--scales", default="0.5,0.75,1.0,1.25")
-    ap.add_argument("--orders", default="size,shuffled")
+    add_grid_args(ap)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--time-limit", type=float, default=20.0)
@@ -77,25 +74,23 @@ def main() -> None:
     cost = load_cost_model()
     rows = json.loads(Path(args.out).read_text())["rows"] if args.append and Path(args.out).exists() else []
     done = {(r["order"], r["alpha"], r["s"]) for r in rows}
-    for order in args.orders.split(","):
-        for alpha in map(float, args.alphas.split(",")):
-            for s in map(float, args.scales.split(",")):
-                if (order, alpha, s) in done:
-                    continue
-                t0 = time.perf_counter()
-                wl = synthesize(COUNTS, alpha, top_rate=40.0 * s, duration_s=args.duration, seed=1, order=order)
-                table = build_request_table(wl)
-                row = {"order": order, "alpha": alpha, "s": s, "num_requests": table.num_requests, "runs": {}}
-                for label, plan, policy in runs_for(wl, cluster, cost, args.time_limit):
-                    summary = summarize(run_table(plan, wl, table, cost, policy), wl, SLO_SCALE)
-                    cap = max_rate_scale(plan, wl, table, cost, policy, SLO_SCALE, steps=args.steps)
-                    row["runs"][label] = {"throughput_rps": summary.overall.throughput_rps, "slo_attainment": summary.overall.slo_attainment,
-                                          "max_rate_scale": cap.rate_scale, "max_rate_rps": cap.rate_rps,
-                                          "num_gpus_used": plan.num_gpus_used}
-                row["seconds"] = time.perf_counter() - t0
-                rows.append(row)
-                print(f"{order} alpha={alpha} s={s}: " + ", ".join(f"{k} {v['throughput_rps']:.1f} req/s x{v['max_rate_scale']:.2f}"
-                                                                     for k, v in row["runs"].items()), file=sys.stderr)
+    for order, alpha, s in grid(args):
+        if (order, alpha, s) in done:
+            continue
+        t0 = time.perf_counter()
+        wl = synthesize(PAPER_COUNTS, alpha, top_rate=40.0 * s, duration_s=args.duration, seed=1, order=order)
+        table = build_request_table(wl)
+        row = {"order": order, "alpha": alpha, "s": s, "num_requests": table.num_requests, "runs": {}}
+        for label, plan, policy in runs_for(wl, cluster, cost, args.time_limit):
+            summary = summarize(run_table(plan, wl, table, cost, policy), wl, SLO_SCALE)
+            cap = max_rate_scale(plan, wl, table, cost, policy, SLO_SCALE, steps=args.steps)
+            row["runs"][label] = {"throughput_rps": summary.overall.throughput_rps, "slo_attainment": summary.overall.slo_attainment,
+                                  "max_rate_scale": cap.rate_scale, "max_rate_rps": cap.rate_rps,
+                                  "num_gpus_used": plan.num_gpus_used}
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        print(f"{order} alpha={alpha} s={s}: " + ", ".join(f"{k} {v['throughput_rps']:.1f} req/s x{v['max_rate_scale']:.2f}"
+                                                             for k, v in row["runs"].items()), file=sys.stderr)
     rows.sort(key=lambda r: (r["order"] != "size", r["order"], r["alpha"], r["s"]))
     labels = list(dict.fromkeys(k for r in rows for k in r["runs"]))
     table = Table(title=f"Paper sweep: throughput (req/s at x1) / max rate scale at 99% within SLO {SLO_SCALE:g}x")

@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.paper_plans import paper_spatial_plan
+from bench.paper_plans import PAPER_COUNTS, add_grid_args, grid, paper_spatial_plan
 from muxplan.cluster import load_cluster
 from muxplan.schema import Arrivals
 from muxplan.workload import parse_model_counts, synthesize
@@ -34,7 +34,6 @@ from planner.verify import simulated_check
 from profiler.cost_model import load_cost_model
 
 ROOT = Path(__file__).resolve().parents[1]
-COUNTS = [("llama-7b", 12), ("llama-13b", 4), ("llama-30b", 2), ("llama-65b", 1)]
 
 
 def held_out(duration_s: float):
@@ -84,9 +83,7 @@ def evaluate(label, wl, cluster, cost, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--alphas", default="0.7,0.9,1.3,1.7,2.1")
-    ap.add_argument("--scales", default="0.5,0.75,1.0,1.25")
-    ap.add_argument("--orders", default="size,shuffled")
+    add_grid_args(ap)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--time-limit", type=float, default=10.0)
@@ -97,11 +94,9 @@ def main() -> None:
     cost, cluster = load_cost_model(), load_cluster("4x8xA100-80GB")
     instances = held_out(args.duration) if args.held_out or args.only_held_out else []
     if not args.only_held_out:
-        for order in args.orders.split(","):
-            for alpha in map(float, args.alphas.split(",")):
-                for s in map(float, args.scales.split(",")):
-                    wl = synthesize(COUNTS, alpha, top_rate=40.0 * s, duration_s=args.duration, seed=1, order=order)
-                    instances.append((f"paper-{order}-a{alpha:g}-s{s:g}", wl, cluster))
+        for order, alpha, s in grid(args):
+            wl = synthesize(PAPER_COUNTS, alpha, top_rate=40.0 * s, duration_s=args.duration, seed=1, order=order)
+            instances.append((f"paper-{order}-a{alpha:g}-s{s:g}", wl, cluster))
     rows = []
     for label, wl, cl in instances:
         row = evaluate(label, wl, cl, cost, args)
