@@ -10,7 +10,7 @@ and Q = sum_j q_j x_j the share of time prefills and their drains stall every de
   exponential time of mean Wq / Q, Wq = Q / (1 - Q) (ca^2 + CS2) / 2 S (Kingman), then the drain and its
   prefill T_pre(1, L_in) on the unit's mesh.
 SLO attainment is the share of the model's sampled requests (Demand.lengths) whose end-to-end latency is within
-k x its isolated latency (batch 1, full SMs, smallest mesh that fits: planner.sim.isolated's yardstick), or
+k x its isolated latency (planner.sim.isolated.isolated_request_s, the simulator's yardstick), or
 within the absolute TTFT/TPOT targets; the random parts are drawn DRAWS times per request from a fixed seed.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from muxplan.schema import GpuSpec
 from planner.estimator import drain_s, stall_costs
 from planner.tables import Demand, Option
-from profiler.memory import isolated_tp
+from planner.sim.isolated import isolated_request_s
 
 CS2 = 0.25  # squared CV of the stall service time (prompts of one model vary little in prefill time)
 DRAWS = 32
@@ -46,14 +46,6 @@ def _decode_batch(cost, demand: Demand, gpu: GpuSpec, option: Option, rate: floa
         step = cost.decode_ms(demand.spec, gpu, option.tp, option.decode_sm_pct, max(1, round(n)), demand.context_tokens) / 1e3
         n = min(float(option.batch), max(1.0, rate * demand.mean_output_tokens * step / max(1e-9, 1 - stall)))
     return n, step
-
-
-def _isolated_s(cost, demand: Demand, gpu: GpuSpec, prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
-    tp = isolated_tp(demand.spec, gpu)
-    pre = np.array([cost.prefill_ms(demand.spec, gpu, tp, 100, 1, int(p)) / 1e3 for p in prompt])
-    mid = np.round(prompt + np.maximum(output - 2, 0) / 2).astype(int)
-    dec = np.array([cost.decode_ms(demand.spec, gpu, tp, 100, 1, int(c)) / 1e3 for c in mid])
-    return pre + (output - 1) * dec
 
 
 def predict_unit(gpu: GpuSpec, members: list[tuple[Demand, Option, float]], served: list[float], cost, seed: int = 0) -> list[ModelPrediction]:
@@ -81,7 +73,8 @@ def predict_unit(gpu: GpuSpec, members: list[tuple[Demand, Option, float]], serv
         decode = (output - 1)[:, None] * step + stalls
         tpot = np.where(output[:, None] > 1, decode / np.maximum(output - 1, 1)[:, None], 0.0)
         if demand.ttft_target_s is None and demand.tpot_target_s is None:
-            met = ttft + decode <= demand.slo_scale * _isolated_s(cost, demand, gpu, prompt, output)[:, None] + 1e-9
+            isolated = isolated_request_s(demand.spec, gpu, cost, prompt, output)[1]
+            met = ttft + decode <= demand.slo_scale * isolated[:, None] + 1e-9
         else:
             met = np.ones(shape, dtype=bool)
             if demand.ttft_target_s is not None:

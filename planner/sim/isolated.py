@@ -39,12 +39,15 @@ def isolated_latency(layout: Layout, plan: Plan, workload: Workload, table: Requ
         where = np.flatnonzero(table.model == m)
         if not where.size:
             continue
-        spec, gpu = get_model(wm.model), gpu_of.get(m, default_gpu)
-        tp = isolated_tp(spec, gpu)
-        prompt, output = table.prompt_tokens[where], table.output_tokens[where]
-        pre = _evaluate(lambda p: cost.prefill_ms(spec, gpu, tp, 100, 1, p) / 1e3, prompt)
-        mid = np.round(prompt + np.maximum(output - 2, 0) / 2).astype(np.int64)
-        dec = _evaluate(lambda c: cost.decode_ms(spec, gpu, tp, 100, 1, c) / 1e3, mid)
-        ttft[where] = pre
-        e2e[where] = pre + (output - 1) * dec
+        ttft[where], e2e[where] = isolated_request_s(get_model(wm.model), gpu_of.get(m, default_gpu), cost,
+                                                     table.prompt_tokens[where], table.output_tokens[where])
     return ttft, e2e
+
+
+def isolated_request_s(spec, gpu, cost: CostModel, prompt: np.ndarray, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(TTFT, end-to-end latency) in seconds of requests of one model with these lengths (module docstring)."""
+    tp = isolated_tp(spec, gpu)
+    pre = _evaluate(lambda p: cost.prefill_ms(spec, gpu, tp, 100, 1, p) / 1e3, prompt)
+    mid = np.round(prompt + np.maximum(output - 2, 0) / 2).astype(np.int64)
+    dec = _evaluate(lambda c: cost.decode_ms(spec, gpu, tp, 100, 1, c) / 1e3, mid)
+    return pre, pre + (output - 1) * dec
