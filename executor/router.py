@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from executor.admission import Admission
 from executor.router_metrics import INVALID, UNKNOWN, RouterMetrics
-from executor.router_request import RequestError, check_context, parse_request
+from executor.router_request import RequestError, check_context, error_body, parse_request
 
 GENERATE = {"/v1/completions": False, "/v1/chat/completions": True}  # path -> chat
 PARSE_IN_THREAD_BYTES = 256 * 1024  # larger bodies are parsed off the event loop
@@ -87,10 +87,6 @@ class RouterState:
         return any(r.healthy and not r.failed for r in self.replicas[model])
 
 
-def _json_error(status: int, message: str) -> bytes:
-    return json.dumps({"error": {"message": message, "code": status}}).encode()
-
-
 async def respond(send, status: int, body: bytes, content_type: bytes = b"application/json", retry_after_s: int | None = None) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     if retry_after_s:
@@ -100,7 +96,7 @@ async def respond(send, status: int, body: bytes, content_type: bytes = b"applic
 
 
 async def respond_error(send, status: int, message: str, retry_after_s: int | None = None) -> None:
-    await respond(send, status, _json_error(status, message), retry_after_s=retry_after_s)
+    await respond(send, status, error_body(status, message), retry_after_s=retry_after_s)
 
 
 class Router:

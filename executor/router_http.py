@@ -75,6 +75,16 @@ class Response:
             finally:
                 timer.cancel()
 
+    def release(self) -> None:
+        """The caller has all it wants (a stream's ``[DONE]``): the connection goes back to the pool when the
+        backend's end of message arrives (usually it already has), or closes if that takes over IDLE_S."""
+        c = self._conn
+        self._done = True
+        if c.complete:
+            c.finish()
+        elif not c.closed:
+            c.release_timer = asyncio.get_running_loop().call_later(IDLE_S, c.abort)
+
     def close(self) -> None:
         """Drop the connection unless the response was read to its end (then it went back to the pool)."""
         if not self._done:
@@ -101,6 +111,7 @@ class Connection(asyncio.Protocol):
         self.wake: asyncio.Future | None = None
         self.got_data = False
         self.keep_alive = False
+        self.release_timer: asyncio.TimerHandle | None = None  # set: released early, finish on completion
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -148,6 +159,10 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        if self.release_timer is not None:
+            self.release_timer.cancel()
+            self.finish()
+            return
         self._wake()
 
     def finish(self) -> None:

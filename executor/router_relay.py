@@ -117,8 +117,10 @@ class Relay:
         events = size = 0
         tail = b""
         error = None
+        final = b""
+        chunks = resp.chunks()
         try:
-            async for chunk in resp.chunks():
+            async for chunk in chunks:
                 last = time.perf_counter()
                 if first is None:
                     first = last
@@ -126,16 +128,25 @@ class Relay:
                 events += chunk.count(b"data:")
                 size += len(chunk)
                 tail = (tail + chunk)[-32:]
+                if tail.rstrip().endswith(b"[DONE]"):
+                    # the client's answer ends here: openai's client closes the connection on [DONE] without
+                    # waiting for the chunked terminator, so waiting for the backend's would count it as gone
+                    final = chunk
+                    break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not tail.rstrip().endswith(b"[DONE]"):
+            else:
                 error = f"model '{model}': the backend ended the stream early"
         except UpstreamError as exc:
             self.mark_down_unless_slow(replica, exc)
             error = f"model '{model}': the backend failed mid-stream ({exc})"
+        finally:
+            await chunks.aclose()
         if error:
             m["stream_errors"].inc()
-            await send({"type": "http.response.body", "body": _sse_error(503, error), "more_body": True})
-        elif events > 2:  # token events plus [DONE]
-            m["tpot"].observe((last - first) / (events - 2))
+            final = _sse_error(503, error)
+        else:
+            resp.release()  # back to the pool once the backend's terminator arrives
+            if events > 2:  # token events plus [DONE]
+                m["tpot"].observe((last - first) / (events - 2))
         m["response_bytes"].observe(size)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": final, "more_body": False})

@@ -27,6 +27,7 @@ class Upstream:
         self.pool: Pool | None = None
         self.loop = None
         self.prober: asyncio.Task | None = None
+        self.probe_rounds = 0  # completed rounds of probes over all replicas (tests wait for the first)
         self.auth = f"Authorization: Bearer {state.backend_token}\r\n" if state.backend_token else ""
         self.addr: dict[str, tuple[str, int]] = {}
         for reps in state.replicas.values():
@@ -116,4 +117,5 @@ class Upstream:
                     r.failed = False
                 else:
                     self.mark_down(r)
+            self.probe_rounds += 1
             await asyncio.sleep(self.state.limits.probe_s)
