@@ -34,8 +34,10 @@ class Server:
         self.date_header = b"date: %s\r\n" % formatdate(usegmt=True).encode()
 
     async def _sweep(self) -> None:
+        lim = self.limits
+        period = min(SWEEP_S, lim.head_timeout_s / 2, lim.body_idle_s / 2, lim.keepalive_s / 2)  # short limits (tests) are kept
         while True:
-            await asyncio.sleep(SWEEP_S)
+            await asyncio.sleep(period)
             self._tick()
             now = time.monotonic()
             for c in [c for c in self.conns if c.deadline is not None and c.deadline < now and not c.paused]:
