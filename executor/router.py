@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from executor.admission import Admission
-from executor.router_metrics import INVALID, UNKNOWN, RouterMetrics
+from executor.router_metrics import INVALID, UNKNOWN, Finished, RouterMetrics
 from executor.router_request import RequestError, check_context, error_body, parse_request
 
 GENERATE = {"/v1/completions": False, "/v1/chat/completions": True}  # path -> chat
@@ -167,6 +167,7 @@ class Router:
             m.quota.labels(model).set(self.state.admission.quotas[model])
             m.healthy.labels(model).set(sum(r.healthy and not r.failed for r in reps))
             m.per_model[model]["queued"].set(self.state.admission.queued(model))
+            m.per_model[model]["in_flight"].set(self.state.admission.in_flight.get(model, 0))
         return m.render()
 
     async def read_body(self, scope, receive, send) -> bytes | None:
@@ -214,8 +215,7 @@ class Router:
         except RequestError as exc:
             metrics.count(model, exc.status)
             return await respond_error(send, exc.status, exc.message, exc.retry_after_s)
-        metrics.per_model[model]["request_bytes"].observe(len(body))
-        await self.relay.admitted(receive, send, model, path, body, start)
+        await self.relay.admitted(receive, send, Finished(model, start, len(body), parsed), path, body)
 
 
 def create_app(state: RouterState) -> Router:

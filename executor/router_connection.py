@@ -57,7 +57,7 @@ class Connection(asyncio.Protocol):
         self.parsing: Cycle | None = None  # the cycle whose body is being read
         self.pending_error: tuple[int, str] | None = None  # a bad head, answered once the cycles before it are
         self.in_head, self.mid_message = True, False
-        self.head_bytes = self.header_count = 0
+        self.head_bytes = 0
         self.url, self.headers = b"", []
         self.deadline: float | None = None
 
@@ -115,25 +115,24 @@ class Connection(asyncio.Protocol):
     # --- httptools callbacks ---
     def on_message_begin(self) -> None:
         self.in_head, self.mid_message = True, True
-        self.head_bytes = self.header_count = 0
+        self.head_bytes = 0
         self.url, self.headers = b"", []
         self.deadline = time.monotonic() + self.limits.head_timeout_s
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        self._count(len(url))
+        self.head_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_count += 1
-        self._count(len(name) + len(value))
-        self.headers.append((name.lower(), value))
-
-    def _count(self, n: int) -> None:
-        self.head_bytes += n
-        if self.head_bytes > self.limits.head_max_bytes or self.header_count > self.limits.headers_max:
+        name = name.lower()
+        self.head_bytes += len(name) + len(value)
+        self.headers.append((name, value))
+        if self.head_bytes > self.limits.head_max_bytes:
             raise HeadTooLarge
 
     def on_headers_complete(self) -> None:
+        if len(self.headers) > self.limits.headers_max:
+            raise HeadTooLarge
         self.in_head = False
         self.deadline = time.monotonic() + self.limits.body_idle_s
         p = self.parser
@@ -153,7 +152,7 @@ class Connection(asyncio.Protocol):
                  "scheme": "http", "path": unquote(path) if "%" in path else path, "raw_path": raw_path, "query_string": query,
                  "root_path": "", "headers": self.headers, "server": self.server.sockname, "client": self.peer,
                  "state": {}}
-        expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in self.headers)
+        expect = (b"expect", b"100-continue") in self.headers  # clients send it in lower case
         cycle = self.parsing = Cycle(self, scope, p.should_keep_alive(), expect)
         if not raw_path:
             cycle.failed = (400, f"bad HTTP request: invalid target {url[:100]!r}")

@@ -30,7 +30,9 @@ class Relay:
     def __init__(self, state, metrics, upstream):
         self.state, self.metrics, self.upstream = state, metrics, upstream
 
-    async def admitted(self, receive, send, model: str, path: str, body: bytes, start: float) -> None:
+    async def admitted(self, receive, send, rec, path: str, body: bytes) -> None:
+        """Hold an admission slot while forwarding; ``rec`` (router_metrics.Finished) is filled in and recorded at the end."""
+        model = rec.model
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         finished = False
@@ -48,18 +50,13 @@ class Relay:
 
         # a task per request costs ~30 us of CPU; requests answered within WATCH_AFTER_S never need one
         timer = loop.call_later(WATCH_AFTER_S, start_watching)
-        m = self.metrics.per_model[model]
         lim = self.state.limits
         adm = self.state.admission
         depth = adm.quotas[model] if lim.queue_depth is None else lim.queue_depth
         status = 500  # until something answers
         try:
             async with adm.slot(model, depth, lim.queue_timeout_s):
-                m["in_flight"].inc()
-                try:
-                    status = await self.forward(send, model, path, body, start)
-                finally:
-                    m["in_flight"].dec()
+                status = await self.forward(send, rec, path, body)
         except QueueFull:
             status = 429
             await respond_error(send, 429, f"model '{model}' is at its admission quota ({adm.quotas[model]} in flight, "
@@ -75,22 +72,23 @@ class Relay:
                 raise
             task.uncancel()  # our own cancellation: the client is gone, nothing left to answer
             status = CLIENT_GONE
-            m["disconnects"].inc()
+            self.metrics.per_model[model]["disconnects"].inc()
         finally:
             finished = True
             timer.cancel()
             if watcher is not None:
                 watcher.cancel()
-            self.metrics.count(model, status)
+            rec.status = status
+            self.metrics.finished(rec)
 
     def mark_down_unless_slow(self, replica, exc: UpstreamError) -> None:
         if not isinstance(exc, UpstreamTimeout):
             self.upstream.mark_down(replica)
 
-    async def forward(self, send, model: str, path: str, body: bytes, start: float) -> int:
+    async def forward(self, send, rec, path: str, body: bytes) -> int:
+        model = rec.model
         resp, replica = await self.upstream.open(model, path, body)
-        m = self.metrics.per_model[model]
-        m["latency"].observe(time.perf_counter() - start)
+        rec.headers_s = time.perf_counter() - rec.start
         try:
             ctype = resp.content_type or "application/json"
             if not ctype.startswith("text/event-stream"):
@@ -100,15 +98,15 @@ class Relay:
                     self.mark_down_unless_slow(replica, exc)
                     raise RequestError(503, f"model '{model}': the backend failed before its response was complete ({exc})",
                                        retry_after_s=5) from None
-                m["response_bytes"].observe(len(data))
+                rec.response_bytes = len(data)
                 await respond(send, resp.status, data, ctype.encode())
                 return resp.status
-            await self.stream(send, resp, replica, start)
+            await self.stream(send, resp, replica, rec)
             return resp.status
         finally:
             resp.close()  # no-op once read; mid-stream (client gone) it drops the connection so the backend aborts
 
-    async def stream(self, send, resp, replica, start: float) -> None:
+    async def stream(self, send, resp, replica, rec) -> None:
         model = replica.model
         m = self.metrics.per_model[model]
         await send({"type": "http.response.start", "status": resp.status,
@@ -124,7 +122,7 @@ class Relay:
                 last = time.perf_counter()
                 if first is None:
                     first = last
-                    m["ttft"].observe(first - start)
+                    rec.ttft_s = first - rec.start
                 events += chunk.count(b"data:")
                 size += len(chunk)
                 tail = (tail + chunk)[-32:]
@@ -147,6 +145,6 @@ class Relay:
         else:
             resp.release()  # back to the pool once the backend's terminator arrives
             if events > 2:  # token events plus [DONE]
-                m["tpot"].observe((last - first) / (events - 2))
-        m["response_bytes"].observe(size)
+                rec.tpot_s = (last - first) / (events - 2)
+        rec.response_bytes, rec.stream_events = size, events
         await send({"type": "http.response.body", "body": final, "more_body": False})
