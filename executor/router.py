@@ -215,7 +215,7 @@ class Router:
         except RequestError as exc:
             metrics.count(model, exc.status)
             return await respond_error(send, exc.status, exc.message, exc.retry_after_s)
-        await self.relay.admitted(receive, send, Finished(model, start, len(body), parsed), path, body)
+        await self.relay.admitted(scope, receive, send, Finished(model, start, len(body), parsed), path, body)
 
 
 def create_app(state: RouterState) -> Router:

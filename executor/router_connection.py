@@ -93,9 +93,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.lost = self.broken = True
         self.server.conns.discard(self)
-        for c in (self.current, self.parsing, *self.queue):
-            if c is not None:
-                c.wake()
+        for c in {self.current, self.parsing, *self.queue} - {None}:
+            c.client_gone()
         self.queue.clear()
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)

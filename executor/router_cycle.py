@@ -27,7 +27,7 @@ class Cycle:
     """One request and its response: the ASGI ``receive`` and ``send`` the app is given."""
 
     __slots__ = ("conn", "scope", "body", "buffered", "complete", "ended", "waiter", "keep_alive", "head_only", "expect_continue",
-                 "status", "headers", "started", "chunked", "done", "failed")
+                 "status", "headers", "started", "chunked", "done", "failed", "gone_callback")
 
     def __init__(self, conn, scope: dict, keep_alive: bool, expect_continue: bool):
         self.conn, self.scope, self.keep_alive, self.expect_continue = conn, scope, keep_alive, expect_continue
@@ -38,6 +38,18 @@ class Cycle:
         self.waiter: asyncio.Future | None = None
         self.status, self.headers = 200, ()
         self.failed: tuple[int, str] | None = None  # answered by the server instead of the app
+        self.gone_callback = None
+        scope["muxplan.on_disconnect"] = self.on_disconnect
+
+    def on_disconnect(self, callback) -> None:
+        """This server's extension to ASGI: ``callback()`` runs when the client goes before the response is
+        complete, so the app needs no task waiting in ``receive()`` to learn it."""
+        self.gone_callback = callback
+
+    def client_gone(self) -> None:
+        self.wake()
+        if self.gone_callback is not None and not self.done:
+            self.gone_callback()
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():

@@ -30,26 +30,33 @@ class Relay:
     def __init__(self, state, metrics, upstream):
         self.state, self.metrics, self.upstream = state, metrics, upstream
 
-    async def admitted(self, receive, send, rec, path: str, body: bytes) -> None:
+    async def admitted(self, scope, receive, send, rec, path: str, body: bytes) -> None:
         """Hold an admission slot while forwarding; ``rec`` (router_metrics.Finished) is filled in and recorded at the end."""
         model = rec.model
         task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        finished = False
-        watcher = None
+        finished = gone = False
+        watcher = timer = None
+
+        def client_gone():
+            nonlocal gone
+            if not finished:
+                gone = True
+                task.cancel()
 
         async def watch():
             while (await receive())["type"] != "http.disconnect":
                 pass
-            if not finished:
-                task.cancel()
+            client_gone()
 
         def start_watching():
             nonlocal watcher
-            watcher = loop.create_task(watch())
+            watcher = asyncio.get_running_loop().create_task(watch())
 
-        # a task per request costs ~30 us of CPU; requests answered within WATCH_AFTER_S never need one
-        timer = loop.call_later(WATCH_AFTER_S, start_watching)
+        on_disconnect = scope.get("muxplan.on_disconnect")
+        if on_disconnect is not None:  # the router's own server calls back: no timer, no task
+            on_disconnect(client_gone)
+        else:  # any ASGI server: a task per request costs ~30 us of CPU; requests answered within WATCH_AFTER_S need none
+            timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
         lim = self.state.limits
         adm = self.state.admission
         depth = adm.quotas[model] if lim.queue_depth is None else lim.queue_depth
@@ -68,14 +75,15 @@ class Relay:
             status = exc.status
             await respond_error(send, exc.status, exc.message, exc.retry_after_s)
         except asyncio.CancelledError:
-            if finished or watcher is None or not watcher.done():
+            if not gone:
                 raise
             task.uncancel()  # our own cancellation: the client is gone, nothing left to answer
             status = CLIENT_GONE
             self.metrics.per_model[model]["disconnects"].inc()
         finally:
             finished = True
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             if watcher is not None:
                 watcher.cancel()
             rec.status = status
