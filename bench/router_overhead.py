@@ -2,13 +2,14 @@
 
 Usage: python -m bench.router_overhead [--requests 1000] [--out bench/results/router_overhead.json]
 
-Starts bench/router_stub.py (FastAPI/uvicorn) and the router (uvicorn, as `muxplan deploy` runs it) as
-separate processes on loopback, then measures with one aiohttp client: latency p50/p99 at concurrency 1
+Starts bench/router_stub.py (FastAPI/uvicorn) and the router (its own server, as `muxplan deploy` runs it)
+as separate processes on loopback, then measures with one aiohttp client: latency p50/p99 at concurrency 1
 (max_tokens 1), req/s at concurrency 8, and streaming time to first byte at concurrency 1; req/s at
 concurrency 8 also with the official openai client (AsyncOpenAI on httpx, ~10x the client CPU of aiohttp,
-so the router's share of the 2 cores is smaller). Direct and
-routed runs alternate in rounds so drift on the shared cores hits both alike. A third path, a byte pipe with no
-HTTP at all, shows what any proxy process costs on these two cores.
+so the router's share of the 2 cores is smaller). Two more proxies run in the same rounds: the same router
+app under uvicorn (what it ran on before), and a byte pipe with no HTTP at all (what any proxy process costs
+on these two cores). All paths alternate in rounds so drift on the shared cores hits them alike; the
+machine's load average is recorded with the results.
 """
 from __future__ import annotations
 
