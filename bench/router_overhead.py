@@ -74,6 +74,9 @@ def serve_pipe(port: int, backend_port: int) -> None:
         def data_received(self, data):
             self.down.write(data)
 
+        def connection_lost(self, exc):  # the stub closed an idle connection: so does the pipe, as any proxy would
+            self.down.close()
+
     class Down(asyncio.Protocol):
         def connection_made(self, transport):
             self.transport, self.up, self.early = transport, None, []
