@@ -37,9 +37,14 @@ class ServerLimits:
     # first and never sends a request on a connection the server is closing
     keepalive_s: float = 75.0
     body_buffer_bytes: int = 1 << 20
+    pipeline_max: int = 64  # requests parsed ahead of their answers (one read can hold thousands of small ones)
 
 
 class HeadTooLarge(Exception):
+    pass
+
+
+class TooManyPipelined(Exception):
     pass
 
 
@@ -81,6 +86,8 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._upgrade()
         except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, TooManyPipelined):
+                return self.fail(429, f"more than {self.limits.pipeline_max} pipelined requests")
             if not isinstance(exc.__context__, HeadTooLarge):
                 log.error("router: HTTP parser callback failed", exc_info=exc.__context__)
             self.fail(431, f"request head is larger than {self.limits.head_max_bytes} bytes or {self.limits.headers_max} headers")
@@ -132,6 +139,8 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if len(self.headers) > self.limits.headers_max:
             raise HeadTooLarge
+        if len(self.queue) >= self.limits.pipeline_max:
+            raise TooManyPipelined
         self.in_head = False
         self.deadline = time.monotonic() + self.limits.body_idle_s
         p = self.parser

@@ -135,6 +135,11 @@ def test_answers_due_come_before_the_error_of_a_bad_pipelined_request(server):
     assert statuses(raw) == [200, 400]
 
 
+def test_pipelining_is_bounded(server):
+    raw = exchange(server.port, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" + b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n" * 200)
+    assert statuses(raw) == [200] * 65 + [429] and raw.endswith(b'"more than 64 pipelined requests", "code": 429}}')
+
+
 def test_a_slowloris_trickle_is_cut_at_the_head_timeout(server):
     t = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
