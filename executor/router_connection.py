@@ -1,7 +1,8 @@
 """One client connection of the router's HTTP/1.1 server: httptools parsing, ASGI request cycles in order.
 
-Requests on a connection are answered in order: a pipelined request waits for the one before it, and
-reading pauses while one waits, so a client cannot queue requests without bound. Request heads are bounded
+Requests on a connection are answered in order: a pipelined request waits for the one before it, reading
+pauses while one waits, and more than ``pipeline_max`` parsed ahead get a 429, so a client cannot queue
+requests without bound. Request heads are bounded
 in bytes and header count (431) and in time (a head not complete ``head_timeout_s`` after its first byte
 gets 408: slowloris clients hold no connection for long); request bodies are bounded in idle time between
 bytes (408) and buffered at most ``body_buffer_bytes`` ahead of the app before reading pauses. Malformed HTTP
@@ -156,8 +157,8 @@ class Connection(asyncio.Protocol):
                 raw_path, query = u.path or b"/", u.query or b""
         path = raw_path.decode("latin-1")
         method = p.get_method()
-        scope = {"type": "http", "asgi": ASGI, "http_version": p.get_http_version(), "method": METHODS.get(method) or method.decode("latin-1"),
-                 "scheme": "http", "path": unquote(path) if "%" in path else path, "raw_path": raw_path, "query_string": query,
+        scope = {"type": "http", "asgi": ASGI, "http_version": p.get_http_version(),
+                 "method": METHODS.get(method) or method.decode("latin-1"), "scheme": "http", "path": unquote(path) if "%" in path else path, "raw_path": raw_path, "query_string": query,
                  "root_path": "", "headers": self.headers, "server": self.server.sockname, "client": self.peer,
                  "state": {}}
         expect = (b"expect", b"100-continue") in self.headers  # clients send it in lower case

@@ -228,7 +228,8 @@ class Pool:
 
     async def request(self, host: str, port: int, head: bytes, body: bytes, timeout_s: float) -> Response:
         """Send ``head`` (request line and headers, ending in a blank line) and ``body``; return once the
-        response headers are in. ``timeout_s`` bounds the wait for them and every later wait for body bytes. A reused connection found dead before any response byte is retried once fresh."""
+        response headers are in. ``timeout_s`` bounds the wait for them and every later wait for body bytes.
+        A reused connection found dead before any response byte is retried once fresh."""
         key = (host, port)
         conn = self._reuse(key)
         for fresh in (conn is None, True):
