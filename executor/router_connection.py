@@ -158,9 +158,9 @@ class Connection(asyncio.Protocol):
         path = raw_path.decode("latin-1")
         method = p.get_method()
         scope = {"type": "http", "asgi": ASGI, "http_version": p.get_http_version(),
-                 "method": METHODS.get(method) or method.decode("latin-1"), "scheme": "http", "path": unquote(path) if "%" in path else path, "raw_path": raw_path, "query_string": query,
-                 "root_path": "", "headers": self.headers, "server": self.server.sockname, "client": self.peer,
-                 "state": {}}
+                 "method": METHODS.get(method) or method.decode("latin-1"), "scheme": "http",
+                 "path": unquote(path) if "%" in path else path, "raw_path": raw_path, "query_string": query,
+                 "root_path": "", "headers": self.headers, "server": self.server.sockname, "client": self.peer}
         expect = (b"expect", b"100-continue") in self.headers  # clients send it in lower case
         cycle = self.parsing = Cycle(self, scope, p.should_keep_alive(), expect)
         if not raw_path:
