@@ -5,7 +5,8 @@ over the routable ones: healthy by the supervisor's checks and not marked down b
 Unknown model -> 404 listing the served models; no routable replica -> 503 with Retry-After for that
 model only; over the admission quota a request waits in a bounded per-model queue (full -> 429, waited
 past the queue timeout -> 504, both with Retry-After); bodies over the size limit -> 413; lengths that
-cannot fit the model's context -> 400. The app is plain ASGI (no framework on the hot path): the body is
+cannot fit the model's context -> 400. The app is plain ASGI (no framework on the hot path), served by the
+router's own HTTP/1.1 server (executor.router_server) and testable under any ASGI client: the body is
 parsed once to read the model and limits and forwarded as the client sent it; streams are relayed chunk
 by chunk, and a stream the backend cuts ends with an SSE error event and no ``[DONE]``.
 """
