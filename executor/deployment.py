@@ -58,7 +58,7 @@ def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port
     One token per deployment goes to every backend and, through this process's environment, to the router
     (which runs here): ``MUXPLAN_BACKEND_TOKEN``.
     """
-    import uvicorn
+    from executor.router_server import serve as serve_router
 
     signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up children on `kill`, not only on Ctrl-C
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,10 @@ def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port
             raise InputError(str(exc)) from None
         models = sorted({m for p in procs for m in p.models})
         progress(f"serving {', '.join(models)} at http://{host}:{port}/v1 (OpenAI-compatible; Ctrl-C stops)")
-        uvicorn.run(create_app(state), host=host, port=port, log_level="warning")
+        try:
+            serve_router(create_app(state), host, port)  # returns on SIGINT/SIGTERM once requests in flight are done
+        except OSError as exc:
+            raise InputError(str(exc)) from None
     except KeyboardInterrupt:
         pass
     finally:

@@ -5,7 +5,8 @@ over the routable ones: healthy by the supervisor's checks and not marked down b
 Unknown model -> 404 listing the served models; no routable replica -> 503 with Retry-After for that
 model only; over the admission quota a request waits in a bounded per-model queue (full -> 429, waited
 past the queue timeout -> 504, both with Retry-After); bodies over the size limit -> 413; lengths that
-cannot fit the model's context -> 400. The app is plain ASGI (no framework on the hot path): the body is
+cannot fit the model's context -> 400. The app is plain ASGI (no framework on the hot path), served by the
+router's own HTTP/1.1 server (executor.router_server) and testable under any ASGI client: the body is
 parsed once to read the model and limits and forwarded as the client sent it; streams are relayed chunk
 by chunk, and a stream the backend cuts ends with an SSE error event and no ``[DONE]``.
 """
@@ -18,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 
 from executor.admission import Admission
-from executor.router_metrics import INVALID, UNKNOWN, RouterMetrics
-from executor.router_request import RequestError, check_context, parse_request
+from executor.router_metrics import INVALID, UNKNOWN, Finished, RouterMetrics
+from executor.router_request import RequestError, check_context, error_body, parse_request
 
 GENERATE = {"/v1/completions": False, "/v1/chat/completions": True}  # path -> chat
 PARSE_IN_THREAD_BYTES = 256 * 1024  # larger bodies are parsed off the event loop
@@ -87,10 +88,6 @@ class RouterState:
         return any(r.healthy and not r.failed for r in self.replicas[model])
 
 
-def _json_error(status: int, message: str) -> bytes:
-    return json.dumps({"error": {"message": message, "code": status}}).encode()
-
-
 async def respond(send, status: int, body: bytes, content_type: bytes = b"application/json", retry_after_s: int | None = None) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     if retry_after_s:
@@ -100,7 +97,7 @@ async def respond(send, status: int, body: bytes, content_type: bytes = b"applic
 
 
 async def respond_error(send, status: int, message: str, retry_after_s: int | None = None) -> None:
-    await respond(send, status, _json_error(status, message), retry_after_s=retry_after_s)
+    await respond(send, status, error_body(status, message), retry_after_s=retry_after_s)
 
 
 class Router:
@@ -171,6 +168,7 @@ class Router:
             m.quota.labels(model).set(self.state.admission.quotas[model])
             m.healthy.labels(model).set(sum(r.healthy and not r.failed for r in reps))
             m.per_model[model]["queued"].set(self.state.admission.queued(model))
+            m.per_model[model]["in_flight"].set(self.state.admission.in_flight.get(model, 0))
         return m.render()
 
     async def read_body(self, scope, receive, send) -> bytes | None:
@@ -218,8 +216,7 @@ class Router:
         except RequestError as exc:
             metrics.count(model, exc.status)
             return await respond_error(send, exc.status, exc.message, exc.retry_after_s)
-        metrics.per_model[model]["request_bytes"].observe(len(body))
-        await self.relay.admitted(receive, send, model, path, body, start)
+        await self.relay.admitted(scope, receive, send, Finished(model, start, len(body), parsed), path, body)
 
 
 def create_app(state: RouterState) -> Router:

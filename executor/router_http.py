@@ -15,6 +15,7 @@ import httptools
 
 IDLE_S = 4.0  # under uvicorn's 5 s keep-alive, so the backend does not close a connection as it is reused
 PAUSE_BYTES = 1 << 20  # unread body bytes before the backend is paused
+SWEEP_S = 0.1  # how often response timeouts are checked: their precision
 
 
 class UpstreamError(Exception):
@@ -64,16 +65,25 @@ class Response:
                 return
             if c.error:
                 raise c.error
-            loop = asyncio.get_running_loop()
-            c.wake = loop.create_future()
-            timer = loop.call_later(self._idle_s, _expire, c.wake)
+            c.wake = c.pool.loop.create_future()
+            c.deadline = time.monotonic() + self._idle_s
             try:
                 await c.wake
             except TimeoutError:
                 c.abort()
                 raise UpstreamTimeout(f"the backend sent nothing for {self._idle_s:g} s", before_response=False) from None
             finally:
-                timer.cancel()
+                c.deadline = None
+
+    def release(self) -> None:
+        """The caller has all it wants (a stream's ``[DONE]``): the connection goes back to the pool when the
+        backend's end of message arrives (usually it already has), or closes if that takes over IDLE_S."""
+        c = self._conn
+        self._done = True
+        if c.complete:
+            c.finish()
+        elif not c.closed:
+            c.release_timer = c.pool.loop.call_later(IDLE_S, c.abort)
 
     def close(self) -> None:
         """Drop the connection unless the response was read to its end (then it went back to the pool)."""
@@ -89,6 +99,7 @@ class Connection(asyncio.Protocol):
         self.reset()
         self.closed = False
         self.idle_since = 0.0
+        self.deadline: float | None = None  # while a response is awaited; Pool.sweep expires it
 
     def reset(self) -> None:
         self.headers_done: asyncio.Future | None = None
@@ -101,6 +112,7 @@ class Connection(asyncio.Protocol):
         self.wake: asyncio.Future | None = None
         self.got_data = False
         self.keep_alive = False
+        self.release_timer: asyncio.TimerHandle | None = None  # set: released early, finish on completion
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -115,6 +127,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
+        self.pool.busy.discard(self)
         if not self.complete:
             self._fail(UpstreamError("the backend closed the connection", before_response=not self.got_data))
 
@@ -148,10 +161,21 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        if self.release_timer is not None:
+            self.release_timer.cancel()
+            self.finish()
+            return
         self._wake()
+
+    def expire(self) -> None:
+        self.deadline = None
+        for fut in (self.headers_done, self.wake):
+            if fut is not None and not fut.done():
+                fut.set_exception(TimeoutError())
 
     def finish(self) -> None:
         """The response was read to its end: back to the pool if the backend keeps the connection alive."""
+        self.pool.busy.discard(self)
         if not self.closed and self.keep_alive:
             if self.paused:  # a large body read whole: the next response must not find reading paused
                 self.transport.resume_reading()
@@ -163,26 +187,31 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     def abort(self) -> None:
+        self.pool.busy.discard(self)
         if not self.complete and not self.closed:
             self.closed = True
             self.transport.abort()
 
 
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
-
-
 class Pool:
+    """Timeouts of responses awaited are checked by ``sweep`` (called every SWEEP_S), not by a timer per request
+    and per streamed chunk."""
+
     def __init__(self, connect_timeout_s: float):
         self.connect_timeout_s = connect_timeout_s
+        self.loop = asyncio.get_running_loop()
         self.idle: dict[tuple[str, int], list[Connection]] = {}
+        self.busy: set[Connection] = set()
+
+    def sweep(self) -> None:
+        now = time.monotonic()
+        for c in [c for c in self.busy if c.deadline is not None and c.deadline < now]:
+            c.expire()
 
     async def _connect(self, key) -> Connection:
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                _, conn = await loop.create_connection(lambda: Connection(self, key), key[0], key[1])
+                _, conn = await self.loop.create_connection(lambda: Connection(self, key), key[0], key[1])
         except (OSError, TimeoutError) as exc:
             raise UpstreamError(f"cannot connect: {exc or type(exc).__name__}", before_response=True) from None
         return conn
@@ -199,15 +228,16 @@ class Pool:
 
     async def request(self, host: str, port: int, head: bytes, body: bytes, timeout_s: float) -> Response:
         """Send ``head`` (request line and headers, ending in a blank line) and ``body``; return once the
-        response headers are in. ``timeout_s`` bounds the wait for them and every later wait for body bytes. A reused connection found dead before any response byte is retried once fresh."""
+        response headers are in. ``timeout_s`` bounds the wait for them and every later wait for body bytes.
+        A reused connection found dead before any response byte is retried once fresh."""
         key = (host, port)
         conn = self._reuse(key)
-        loop = asyncio.get_running_loop()
         for fresh in (conn is None, True):
             if fresh:
                 conn = await self._connect(key)
-            done = conn.headers_done = loop.create_future()
-            timer = loop.call_later(timeout_s, _expire, done)  # cheaper than asyncio.timeout on the hot path
+            done = conn.headers_done = self.loop.create_future()
+            conn.deadline = time.monotonic() + timeout_s
+            self.busy.add(conn)
             conn.transport.writelines((head, body)) if body else conn.transport.write(head)
             try:
                 status = await done
@@ -219,7 +249,7 @@ class Pool:
                 conn.abort()
                 raise
             finally:
-                timer.cancel()
+                conn.deadline = None
             return Response(status, conn.content_type.decode("latin-1"), conn, timeout_s)
         raise AssertionError("unreachable")
 

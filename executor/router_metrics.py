@@ -1,7 +1,16 @@
 """The router's Prometheus metrics. Labels are served model names only: every name the plan does not
 serve counts under ``UNKNOWN`` and bodies without a readable model under ``INVALID``, so clients cannot
-grow the label set."""
+grow the label set.
+
+An admitted request is described by one ``Finished`` record, filled in along its way and handed to
+``RouterMetrics.finished`` once at its end: the one place where a finished request's model, arrival,
+sizes, length bounds, timings and status are all known (a traffic recorder hooks in there). Records are
+folded into the counters and histograms at the next scrape or once ``FLUSH_AT`` wait: prometheus_client
+takes a lock per increment, and a request's nine increments were a tenth of the router's CPU.
+"""
 from __future__ import annotations
+
+import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -9,6 +18,23 @@ UNKNOWN = "_unknown"
 INVALID = "_invalid"
 _BYTES = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
 _TPOT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+FLUSH_AT = 1024
+
+
+class Finished:
+    """One admitted request as the router saw it. ``start`` is perf_counter at arrival, ``arrived`` the wall
+    clock; ``prompt_tokens_min`` and ``max_tokens`` come from the body (router_request.Parsed); ``headers_s``,
+    ``ttft_s`` and ``tpot_s`` stay None when no backend answered or nothing was streamed. ``stream_events`` counts
+    the ``data:`` events relayed ([DONE] included); output tokens of plain answers are in their ``usage``."""
+
+    __slots__ = ("model", "start", "arrived", "request_bytes", "prompt_tokens_min", "max_tokens", "stream", "status",
+                 "response_bytes", "headers_s", "ttft_s", "tpot_s", "stream_events")
+
+    def __init__(self, model: str, start: float, request_bytes: int, parsed):
+        self.model, self.start, self.arrived, self.request_bytes = model, start, time.time(), request_bytes
+        self.prompt_tokens_min, self.max_tokens, self.stream = parsed.prompt_tokens_min, parsed.max_tokens, parsed.stream
+        self.status, self.response_bytes, self.stream_events = 500, 0, 0
+        self.headers_s = self.ttft_s = self.tpot_s = None
 
 
 class RouterMetrics:
@@ -38,6 +64,7 @@ class RouterMetrics:
         for model, rps in predicted_rps.items():
             self.predicted.labels(model).set(rps)
         self._status: dict[tuple[str, int], object] = {}
+        self.pending: list[Finished] = []
         # label children resolved once: .labels() costs microseconds on every request otherwise
         self.per_model = {m: {name: getattr(self, name).labels(m) for name in (
             "latency", "ttft", "tpot", "request_bytes", "response_bytes", "retries", "failovers", "replica_failures",
@@ -49,5 +76,25 @@ class RouterMetrics:
             child = self._status[(model, status)] = self.requests.labels(model, str(status))
         child.inc()
 
+    def finished(self, rec: Finished) -> None:
+        self.pending.append(rec)
+        if len(self.pending) >= FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for r in pending:
+            m = self.per_model[r.model]
+            self.count(r.model, r.status)
+            m["request_bytes"].observe(r.request_bytes)
+            if r.headers_s is not None:
+                m["latency"].observe(r.headers_s)
+                m["response_bytes"].observe(r.response_bytes)
+            if r.ttft_s is not None:
+                m["ttft"].observe(r.ttft_s)
+            if r.tpot_s is not None:
+                m["tpot"].observe(r.tpot_s)
+
     def render(self) -> bytes:
+        self.flush()
         return generate_latest(self.registry)

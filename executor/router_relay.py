@@ -30,36 +30,40 @@ class Relay:
     def __init__(self, state, metrics, upstream):
         self.state, self.metrics, self.upstream = state, metrics, upstream
 
-    async def admitted(self, receive, send, model: str, path: str, body: bytes, start: float) -> None:
+    async def admitted(self, scope, receive, send, rec, path: str, body: bytes) -> None:
+        """Hold an admission slot while forwarding; ``rec`` (router_metrics.Finished) is filled in and recorded at the end."""
+        model = rec.model
         task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        finished = False
-        watcher = None
+        finished = gone = False
+        watcher = timer = None
+
+        def client_gone():
+            nonlocal gone
+            if not finished:
+                gone = True
+                task.cancel()
 
         async def watch():
             while (await receive())["type"] != "http.disconnect":
                 pass
-            if not finished:
-                task.cancel()
+            client_gone()
 
         def start_watching():
             nonlocal watcher
-            watcher = loop.create_task(watch())
+            watcher = asyncio.get_running_loop().create_task(watch())
 
-        # a task per request costs ~30 us of CPU; requests answered within WATCH_AFTER_S never need one
-        timer = loop.call_later(WATCH_AFTER_S, start_watching)
-        m = self.metrics.per_model[model]
+        on_disconnect = scope.get("muxplan.on_disconnect")
+        if on_disconnect is not None:  # the router's own server calls back: no timer, no task
+            on_disconnect(client_gone)
+        else:  # any ASGI server: a task per request costs ~30 us of CPU; requests answered within WATCH_AFTER_S need none
+            timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
         lim = self.state.limits
         adm = self.state.admission
         depth = adm.quotas[model] if lim.queue_depth is None else lim.queue_depth
         status = 500  # until something answers
         try:
             async with adm.slot(model, depth, lim.queue_timeout_s):
-                m["in_flight"].inc()
-                try:
-                    status = await self.forward(send, model, path, body, start)
-                finally:
-                    m["in_flight"].dec()
+                status = await self.forward(send, rec, path, body)
         except QueueFull:
             status = 429
             await respond_error(send, 429, f"model '{model}' is at its admission quota ({adm.quotas[model]} in flight, "
@@ -71,26 +75,28 @@ class Relay:
             status = exc.status
             await respond_error(send, exc.status, exc.message, exc.retry_after_s)
         except asyncio.CancelledError:
-            if finished or watcher is None or not watcher.done():
+            if not gone:
                 raise
             task.uncancel()  # our own cancellation: the client is gone, nothing left to answer
             status = CLIENT_GONE
-            m["disconnects"].inc()
+            self.metrics.per_model[model]["disconnects"].inc()
         finally:
             finished = True
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             if watcher is not None:
                 watcher.cancel()
-            self.metrics.count(model, status)
+            rec.status = status
+            self.metrics.finished(rec)
 
     def mark_down_unless_slow(self, replica, exc: UpstreamError) -> None:
         if not isinstance(exc, UpstreamTimeout):
             self.upstream.mark_down(replica)
 
-    async def forward(self, send, model: str, path: str, body: bytes, start: float) -> int:
+    async def forward(self, send, rec, path: str, body: bytes) -> int:
+        model = rec.model
         resp, replica = await self.upstream.open(model, path, body)
-        m = self.metrics.per_model[model]
-        m["latency"].observe(time.perf_counter() - start)
+        rec.headers_s = time.perf_counter() - rec.start
         try:
             ctype = resp.content_type or "application/json"
             if not ctype.startswith("text/event-stream"):
@@ -100,15 +106,15 @@ class Relay:
                     self.mark_down_unless_slow(replica, exc)
                     raise RequestError(503, f"model '{model}': the backend failed before its response was complete ({exc})",
                                        retry_after_s=5) from None
-                m["response_bytes"].observe(len(data))
+                rec.response_bytes = len(data)
                 await respond(send, resp.status, data, ctype.encode())
                 return resp.status
-            await self.stream(send, resp, replica, start)
+            await self.stream(send, resp, replica, rec)
             return resp.status
         finally:
             resp.close()  # no-op once read; mid-stream (client gone) it drops the connection so the backend aborts
 
-    async def stream(self, send, resp, replica, start: float) -> None:
+    async def stream(self, send, resp, replica, rec) -> None:
         model = replica.model
         m = self.metrics.per_model[model]
         await send({"type": "http.response.start", "status": resp.status,
@@ -117,25 +123,36 @@ class Relay:
         events = size = 0
         tail = b""
         error = None
+        final = b""
+        chunks = resp.chunks()
         try:
-            async for chunk in resp.chunks():
+            async for chunk in chunks:
                 last = time.perf_counter()
                 if first is None:
                     first = last
-                    m["ttft"].observe(first - start)
+                    rec.ttft_s = first - rec.start
                 events += chunk.count(b"data:")
                 size += len(chunk)
                 tail = (tail + chunk)[-32:]
+                if tail.rstrip().endswith(b"[DONE]"):
+                    # the client's answer ends here: openai's client closes the connection on [DONE] without
+                    # waiting for the chunked terminator, so waiting for the backend's would count it as gone
+                    final = chunk
+                    break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not tail.rstrip().endswith(b"[DONE]"):
+            else:
                 error = f"model '{model}': the backend ended the stream early"
         except UpstreamError as exc:
             self.mark_down_unless_slow(replica, exc)
             error = f"model '{model}': the backend failed mid-stream ({exc})"
+        finally:
+            await chunks.aclose()
         if error:
             m["stream_errors"].inc()
-            await send({"type": "http.response.body", "body": _sse_error(503, error), "more_body": True})
-        elif events > 2:  # token events plus [DONE]
-            m["tpot"].observe((last - first) / (events - 2))
-        m["response_bytes"].observe(size)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            final = _sse_error(503, error)
+        else:
+            resp.release()  # back to the pool once the backend's terminator arrives
+            if events > 2:  # token events plus [DONE]
+                rec.tpot_s = (last - first) / (events - 2)
+        rec.response_bytes, rec.stream_events = size, events
+        await send({"type": "http.response.body", "body": final, "more_body": False})

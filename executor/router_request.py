@@ -23,6 +23,11 @@ class RequestError(Exception):
         self.status, self.message, self.retry_after_s = status, message, retry_after_s
 
 
+def error_body(status: int, message: str) -> bytes:
+    """The body of every error the router answers itself (OpenAI's shape)."""
+    return json.dumps({"error": {"message": message, "code": status}}).encode()
+
+
 @dataclass(slots=True)
 class Parsed:
     model: str

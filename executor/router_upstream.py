@@ -17,7 +17,7 @@ import asyncio
 import json
 from urllib.parse import urlsplit
 
-from executor.router_http import Pool, UpstreamError
+from executor.router_http import SWEEP_S, Pool, UpstreamError
 from executor.router_request import RequestError
 
 
@@ -27,8 +27,11 @@ class Upstream:
         self.pool: Pool | None = None
         self.loop = None
         self.prober: asyncio.Task | None = None
+        self.sweeper: asyncio.Task | None = None
+        self.probe_rounds = 0  # completed rounds of probes over all replicas (tests wait for the first)
         self.auth = f"Authorization: Bearer {state.backend_token}\r\n" if state.backend_token else ""
         self.addr: dict[str, tuple[str, int]] = {}
+        self.heads: dict[tuple, bytes] = {}
         for reps in state.replicas.values():
             for r in reps:
                 u = urlsplit(r.url)
@@ -44,17 +47,29 @@ class Upstream:
         self.loop = loop
         self.pool = Pool(self.state.limits.connect_timeout_s)
         self.prober = loop.create_task(self.probe_forever())
+        self.sweeper = loop.create_task(self.sweep_forever())
+
+    async def sweep_forever(self) -> None:
+        pool = self.pool
+        while True:
+            await asyncio.sleep(SWEEP_S)
+            pool.sweep()
 
     async def close(self) -> None:
         if self.prober:
             self.prober.cancel()
+            self.sweeper.cancel()
         if self.pool:
             self.pool.close()
         self.loop = None
 
     def _head(self, method: str, path: str, host: str, port: int, body: bytes) -> bytes:
-        length = f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n" if body else ""
-        return f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{length}{self.auth}\r\n".encode("latin-1")
+        """The request head; all of it but the length is built once per (method, path, backend)."""
+        key = (method, path, host, port)
+        prefix = self.heads.get(key)
+        if prefix is None:
+            prefix = self.heads[key] = f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{self.auth}".encode("latin-1")
+        return prefix + (b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) if body else b"\r\n")
 
     async def open(self, model: str, path: str, body: bytes):
         """The backend's response (headers read) and the replica that gave it; at most one retry elsewhere."""
@@ -116,4 +131,5 @@ class Upstream:
                     r.failed = False
                 else:
                     self.mark_down(r)
+            self.probe_rounds += 1
             await asyncio.sleep(self.state.limits.probe_s)

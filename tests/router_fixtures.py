@@ -1,5 +1,5 @@
 """Real servers for router tests: stub backends as subprocesses (bench/router_stub.py) and the router
-itself under uvicorn in a thread of the test process, so tests can look at its state (admission slots)."""
+itself on its own HTTP server in a thread of the test process, so tests can look at its state (admission slots)."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,8 @@ import openai
 
 from executor.admission import Admission
 from executor.router import Limits, Replica, RouterState, create_app
+from executor.router_connection import ServerLimits
+from executor.router_server import Server
 from tests.helpers import ROOT, free_port
 
 TOKEN = "backend-secret"
@@ -57,12 +59,10 @@ class Stub:
 
 
 class RouterThread:
-    def __init__(self, state: RouterState):
-        import uvicorn
-
+    def __init__(self, state: RouterState, limits: ServerLimits = ServerLimits()):
         self.state, self.port = state, free_port()
         self.app = create_app(state)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = Server(self.app, "127.0.0.1", self.port, limits)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -71,15 +71,13 @@ class RouterThread:
 
     def __enter__(self) -> "RouterThread":
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "router did not start"
-            time.sleep(0.02)
+        assert self.server.started.wait(10), "router did not start"
         return self
 
     def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.server.stop()
+        self.thread.join(timeout=15)
+        assert not self.thread.is_alive(), "router did not stop"
 
     def client(self, **kw) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=API_KEY, max_retries=0, **kw)
@@ -104,7 +102,7 @@ class RouterThread:
 
     def wait_probed(self, model: str, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while model not in self.state.context_tokens:
+        while model not in self.state.context_tokens or not self.app.upstream.probe_rounds:  # every replica probed once
             assert time.monotonic() < deadline, f"the router never probed {model}"
             time.sleep(0.05)
 

@@ -1,12 +1,17 @@
 """Hypothesis fuzz of the router's request parser, alone and over real HTTP: random JSON bodies and
-headers never give a 500, never hang, and never keep an admission slot."""
+headers never give a 500, never hang, and never keep an admission slot; and of its HTTP server with raw
+bytes: malformed request lines, odd headers, broken chunked bodies, pipelined and cut-off requests are
+each answered with a 4xx or the connection closes, within the server's timeouts, and the server serves on."""
 import json
+import re
 import socket
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from executor.router_connection import ServerLimits
 from executor.router_request import RequestError, check_context, parse_request
 from tests.router_fixtures import API_KEY, RouterThread, Stub, router_state
 
@@ -48,7 +53,7 @@ def fuzz_router():
     stub = Stub("f", ["a", "b"]).start()
     state = router_state({"a": [stub], "b": [stub]}, quota=4)
     try:
-        with RouterThread(state) as r:
+        with RouterThread(state, ServerLimits(head_timeout_s=0.3, body_idle_s=0.3, keepalive_s=0.3)) as r:
             r.wait_probed("a")
             yield r
     finally:
@@ -80,3 +85,55 @@ def test_http_requests_never_500_hang_or_leak_a_slot(fuzz_router, body, path, he
     assert not any(fuzz_router.state.admission.in_flight.values())
     labels = {line.split('model="')[1].split('"')[0] for line in fuzz_router.metrics().splitlines() if line.startswith("muxplan_router_requests")}
     assert labels <= {"a", "b", "_unknown", "_invalid"}
+
+
+TOKEN = st.text(st.sampled_from("GETPOSTHEADX /-.1"), min_size=0, max_size=8)
+TARGET = st.sampled_from(["/health", "/v1/models", "/v1/completions", "/metrics", "*", "http://x/health", "/%zz", "/a?b=c"]) | st.text(max_size=12)
+VERSION = st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.x", "", "http/1.1"])
+FRAMING = st.sampled_from([
+    b"", b"Content-Length: 2\r\n\r\n{}", b"Content-Length: 50\r\n\r\n{}", b"Content-Length: -1\r\n\r\n",
+    b"Content-Length: 99999999999999999999\r\n\r\n", b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", b"Transfer-Encoding: chunked\r\n\r\n5\r\n{}", b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n", b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n{}",
+    b"Connection: Upgrade\r\nUpgrade: h2c\r\n\r\n", b"X: " + b"y" * 70_000 + b"\r\n\r\n"])
+REQUEST = st.builds(lambda m, t, v, hs, framing: f"{m} {t} {v}\r\n".encode("utf-8", "replace") + b"".join(
+    k.encode() + b": " + v.encode() + b"\r\n" for k, v in hs.items()) + (framing or b"\r\n"),
+    st.sampled_from(["GET", "POST", "HEAD", "DELETE"]) | TOKEN, TARGET, VERSION,
+    st.dictionaries(HEADER_NAME, HEADER_TEXT, max_size=3), FRAMING)
+WIRE = st.lists(REQUEST, min_size=1, max_size=3).map(b"".join) | st.binary(max_size=300)
+ALLOWED = {200, 400, 401, 404, 405, 408, 413, 431}
+
+
+def send_wire(port: int, data: bytes, mutations: list[tuple[int, int]]) -> bytes:
+    """``data`` with bytes overwritten at ``mutations``, read until the server closes; the server's timeouts are
+    0.3 s, so anything that runs into the socket's 5 s is a hang."""
+    data = bytearray(data)
+    for at, byte in mutations:
+        if data:
+            data[at % len(data)] = byte
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        try:
+            s.sendall(bytes(data))
+        except OSError:  # the server answered and closed before taking everything (a bad head)
+            pass
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except ConnectionResetError:  # closed with our unread bytes still in its buffer
+            pass
+    return out
+
+
+@given(data=WIRE, mutations=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=2))
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+def test_raw_http_gets_a_4xx_or_a_close_never_a_500_or_a_hang(fuzz_router, data, mutations):
+    t = time.monotonic()
+    out = send_wire(fuzz_router.port, data, mutations)
+    assert time.monotonic() - t < 4
+    got = [int(m) for m in re.findall(rb"HTTP/1\.[01] (\d{3}) ", out)]
+    assert set(got) <= ALLOWED, out[:300]
+    if out:
+        assert re.match(rb"HTTP/1\.1 \d{3} ", out), out[:300]  # answers start at a status line
+    assert not any(fuzz_router.state.admission.in_flight.values())
+    assert send_raw(fuzz_router.port, "/v1/completions", {"Authorization": f"Bearer {API_KEY}"}, b'{"model": "a"}') == 200

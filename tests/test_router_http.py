@@ -233,3 +233,21 @@ def test_large_answers_are_relayed_whole_and_the_connection_reused(stubs):
         streamed = "".join(ch.choices[0].text for ch in c.completions.create(model="b", prompt="Hi", max_tokens=20_000, stream=True))
         assert streamed == "x" * 20_000
         assert r.metric("muxplan_router_replica_failures_total", "b") == 0 and state.admission.in_flight == {"b": 0}
+
+
+def test_each_admitted_request_ends_as_one_finished_record(router):
+    seen = []
+    record = router.app.metrics.finished
+    router.app.metrics.finished = lambda rec: (seen.append(rec), record(rec))  # the hook a traffic recorder uses
+    try:
+        c = router.client()
+        c.completions.create(model="a", prompt="Hello", max_tokens=3)
+        list(c.completions.create(model="b", prompt=[1, 2, 3], max_tokens=4, stream=True))
+        wait_until(lambda: len(seen) == 2, what="both records")
+    finally:
+        router.app.metrics.finished = record
+    plain, stream = seen
+    assert (plain.model, plain.status, plain.stream, plain.max_tokens, plain.prompt_tokens_min) == ("a", 200, False, 3, 1)
+    assert plain.headers_s > 0 and plain.ttft_s is None and plain.response_bytes > 0 and plain.arrived > 1e9
+    assert (stream.model, stream.status, stream.stream, stream.prompt_tokens_min, stream.stream_events) == ("b", 200, True, 3, 5)
+    assert 0 < stream.headers_s <= stream.ttft_s and stream.tpot_s is not None
