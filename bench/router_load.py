@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from executor.identity import TOKEN_ENV, new_token
 from executor.tiny_models import build_tiny_model
 from muxplan.cluster import parse_cluster_shorthand
 from muxplan.files import save_contract, write_text_atomic
@@ -35,13 +37,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def load(url: str, n: int, concurrency: int) -> tuple[list[float], float]:
+async def load(url: str, n: int, concurrency: int, token: str | None = None) -> tuple[list[float], float]:
     import httpx
 
     body = {"model": "tiny", "prompt": "Hello there", "max_tokens": 1}
     latencies: list[float] = []
     sem = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(timeout=60) as client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(timeout=60, headers=headers) as client:
         async def one():
             async with sem:
                 t = time.perf_counter()
@@ -67,8 +70,9 @@ def main() -> None:
     save_contract(tmp / "plan.json", Plan(cluster=parse_cluster_shorthand("1x1xA100-80GB"), units=[unit], demand_rps=1, served_rps=1,
                                           num_gpus_used=1, solver=SolverRecord(method="spatial", objective="throughput", value=1)))
     port = free_port()
+    token = new_token()  # backends refuse requests without the deployment's token; the direct path needs it
     proc = subprocess.Popen([sys.executable, "-m", "muxplan", "deploy", str(tmp / "plan.json"), "--port", str(port), "--state-dir", str(tmp / "st")],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=ROOT, env={**os.environ, TOKEN_ENV: token}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -81,10 +85,10 @@ def main() -> None:
                 raise SystemExit("deployment did not start")
             time.sleep(1)
         backend = f"http://127.0.0.1:{port + 1}"
-        asyncio.run(load(backend, 20, args.concurrency))  # warm-up
+        asyncio.run(load(backend, 20, args.concurrency, token))  # warm-up
         results = {}
-        for name, url in (("direct", backend), ("router", f"http://127.0.0.1:{port}")):
-            lat, wall = asyncio.run(load(url, args.requests, args.concurrency))
+        for name, url, auth in (("direct", backend, token), ("router", f"http://127.0.0.1:{port}", None)):
+            lat, wall = asyncio.run(load(url, args.requests, args.concurrency, auth))
             results[name] = {"p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3), "rps": args.requests / wall}
     finally:
         proc.send_signal(signal.SIGINT)

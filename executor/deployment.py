@@ -56,13 +56,14 @@ def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port
     Locally a Supervisor runs the processes; with ``ray_address`` ("local" or a cluster address) each unit
     runs in a Ray actor placed on its node (executor.ray_host) and the router here reaches it over the network.
     One token per deployment goes to every backend and, through this process's environment, to the router
-    (which runs here): ``MUXPLAN_BACKEND_TOKEN``.
+    (which runs here): ``MUXPLAN_BACKEND_TOKEN`` (random unless the caller's environment already sets it).
     """
     from executor.router_server import serve as serve_router
 
     signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up children on `kill`, not only on Ctrl-C
     state_dir.mkdir(parents=True, exist_ok=True)
-    token = os.environ[TOKEN_ENV] = new_token()
+    # An operator's own token (as in the launch script) wins, so tools outside the router can reach a backend.
+    token = os.environ[TOKEN_ENV] = os.environ.get(TOKEN_ENV) or new_token()
     if ray_address:
         from executor.ray_host import RayDeployment
 
