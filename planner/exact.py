@@ -41,6 +41,7 @@ from muxplan.catalog import get_gpu
 from muxplan.files import InputError
 from muxplan.schema import Cluster
 from planner.estimator import DRAIN_FACTOR, SM_BUDGET_PCT, UTIL_CAP, served_rates
+from planner.colgen import column_generation
 from planner.master_lp import master_lp, min_gpu_lp
 from planner.placement import UnitChoice
 from planner.pricing import Priced, price_enumerated
@@ -50,6 +51,8 @@ from profiler.memory import usable_bytes
 TOL = 1e-7
 FILL_GAP = 0.015  # see solve_exact: column generation for packing stops once the plan is this close to demand,
 FILL_SHARE = 0.3  # or when this share of the time limit has passed
+QUICK_CHUNKS = int(os.environ.get('QC', 1))  # quick pricing rounds rate only the most promising chunk per unit size (planner.colgen)
+TOP = 8  # columns kept per pricing problem: the best unit and the runners-up the search rated anyway
 MASTER_SHARE = 0.9  # of the time left that the integer master may use (model building and plan output need the rest)
 
 
@@ -212,11 +215,24 @@ def _clones(demands, col: UnitChoice, pi, mu_t: float) -> list[UnitChoice]:
     return out
 
 
-def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen, exact=True):
-    """New columns with positive reduced cost, per GPU type the best proven reduced cost per GPU and the best
-    proven pricing value per GPU, and whether every mesh size was priced by (exact) enumeration."""
+def _column_floors(cols, pi) -> dict[tuple[str, int], float]:
+    """Per (GPU type, mesh size), the best value sum_i pi_i a_{c,i} of a column already generated: a feasible pricing
+    value, so pricing need only look above it (planner.pricing's floor) and the pricing optimum is at least it."""
+    floors: dict[tuple[str, int], float] = {}
+    for c in cols:
+        v = sum(pi[i] * r for i, _, r in c.members)
+        if v > floors.get((c.gpu, c.mesh_size), 0.0):
+            floors[c.gpu, c.mesh_size] = v
+    return floors
+
+
+def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen, exact=True, cols=(), quick=False):
+    """New columns with positive reduced cost (the best unit per mesh size and up to TOP - 1 runners-up, with their
+    clones), per GPU type the best proven reduced cost per GPU and the best proven pricing value per GPU, and whether
+    every mesh size was priced exactly (planner.pricing)."""
     new_cols, slack, per_gpu = [], {t: 0.0 for t in gpus}, {t: 0.0 for t in gpus}
     enumerated = True
+    floors = _column_floors(cols, pi)
     for t, (gpu, max_n) in gpus.items():
         n = 1
         while n <= max_n:
@@ -225,33 +241,34 @@ def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen, e
                 slack[t] = per_gpu[t] = float("inf")  # not priced: no bound from this round
                 enumerated = False
                 break
-            priced = price_enumerated(demands, gpu, n, cost_model, pi, TOL)
-            heuristic_only = priced is not None and not priced.exact
-            if exact and (priced is None or heuristic_only and priced.value - mu[t] * n <= 1e-6):
-                # too many distinct duals to enumerate, and the restricted enumeration found no improving
-                # column (or nothing fits): the MILP, for a column or a proof
+            priced = price_enumerated(demands, gpu, n, cost_model, pi, TOL, floor=floors.get((t, n), 0.0), top=TOP,
+                                      chunks=QUICK_CHUNKS if quick else None)
+            inexact = priced is not None and not priced.exact
+            if exact and not quick and (priced is None or inexact and priced.value - mu[t] * n <= 1e-6):
+                # the search ran past its budget and found no improving column: the MILP, for a column or a proof
                 milp = _price(demands, gpu, n, cost_model, pi, min(left, price_s))
+                if milp is not None and priced is not None:
+                    milp = Priced(min(milp.dual_bound, priced.dual_bound), milp.value, milp.members, True)
                 priced = milp or priced
-                enumerated = enumerated and milp is None and not heuristic_only
-            elif heuristic_only:
+                enumerated = enumerated and milp is None and not inexact
+            elif inexact:
                 enumerated = False
-            if priced is None and not exact:
+            if priced is None:
                 slack[t] = per_gpu[t] = float("inf")
                 n *= 2
                 continue
-            if priced is not None:
-                dual_bound, value, members = priced.dual_bound, priced.value, priced.members
-                # pricing leaves out one model alone at 100% decode SMs (the seed columns): count those too
-                dual_bound = max(dual_bound, _best_single(demands, gpu, n, cost_model, pi))
-                slack[t] = max(slack[t], (dual_bound - mu[t] * n) / n)
-                per_gpu[t] = max(per_gpu[t], dual_bound / n)
-                key = (t, n, tuple((i, o, round(r, 9)) for i, o, r in members))
-                if members and value - mu[t] * n > 1e-6 and key not in seen:
-                    for col in (UnitChoice(n, t, members), *_clones(demands, UnitChoice(n, t, members), pi, mu[t])):
-                        ckey = (t, n, tuple((i, o, round(r, 9)) for i, o, r in col.members))
-                        if ckey not in seen:
-                            seen.add(ckey)
-                            new_cols.append(col)
+            # pricing leaves out one model alone at 100% decode SMs (the seed columns): count those too
+            dual_bound = max(priced.dual_bound, _best_single(demands, gpu, n, cost_model, pi))
+            slack[t] = max(slack[t], (dual_bound - mu[t] * n) / n)
+            per_gpu[t] = max(per_gpu[t], dual_bound / n)
+            for value, members in ((priced.value, priced.members), *priced.more):
+                if not members or value - mu[t] * n <= 1e-6:
+                    continue
+                for col in (UnitChoice(n, t, members), *_clones(demands, UnitChoice(n, t, members), pi, mu[t])):
+                    ckey = (t, n, tuple((i, o, round(r, 9)) for i, o, r in col.members))
+                    if ckey not in seen:
+                        seen.add(ckey)
+                        new_cols.append(col)
             n *= 2
     return new_cols, slack, per_gpu, enumerated
 
@@ -283,23 +300,18 @@ def solve_exact(
     if not cols:
         raise InputError("no model fits on any mesh of this cluster (a model bigger than any node's memory?)")
     seen = {(c.gpu, c.mesh_size, tuple((i, o, round(r, 9)) for i, o, r in c.members)) for c in cols}
-    bound, converged = sum(wi * d.rate_rps for wi, d in zip(w, demands)), False  # serving all demand
     deadline, price_s = start + 0.7 * time_limit_s, max(0.25, time_limit_s / 20)
-    while time.perf_counter() < deadline:
-        lp, pi, mu = master_lp(cols, demands, w, counts)
-        lagrange = sum(max(0.0, wi - p) * d.rate_rps for wi, p, d in zip(w, pi, demands)) + sum(mu[t] * counts[t] for t in counts)
-        new_cols, slack, per_gpu, enumerated = _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen)
-        cols += new_cols
+
+    def bound_at(pi, mu, slack, per_gpu):  # the module docstring's two forms of the Lagrangian bound
         demand_part = sum(max(0.0, wi - p) * d.rate_rps for wi, p, d in zip(w, pi, demands))
-        bound = min(bound, lagrange + sum(counts[t] * max(0.0, slack[t]) for t in counts),
-                    demand_part + sum(counts[t] * per_gpu[t] for t in counts))  # the same bound at its best mu
-        if not new_cols:
-            # the restricted LP is the full LP's optimum (up to the slack already in the bound) only when every
-            # pricing problem was proven; enumerated pricing is exact, so pricing again cannot find more
-            converged = all(slack[t] <= 1e-6 * max(1.0, mu[t]) for t in slack)
-            if converged or enumerated:
-                break
-            price_s *= 3  # unproven MILP pricing found nothing: give it more time
+        return min(demand_part + sum(mu[t] * counts[t] + counts[t] * max(0.0, slack[t]) for t in counts),
+                   demand_part + sum(counts[t] * per_gpu[t] for t in counts))
+
+    lp, bound, converged = column_generation(
+        lambda c: master_lp(c, demands, w, counts), bound_at,
+        lambda pi, mu, c, stalls, quick: _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s * 3 ** stalls, seen,
+                                                        cols=c, quick=quick),
+        cols, sum(wi * d.rate_rps for wi, d in zip(w, demands)), deadline)  # the first bound: serving all demand
 
     remaining = max(0.5, MASTER_SHARE * (time_limit_s - (time.perf_counter() - start)))  # leave room to build the plan
     value, units, status = solve_master(cols, demands, w, counts, objective, backend, remaining, seed)
