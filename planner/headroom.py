@@ -82,8 +82,8 @@ def solve_headroom(demands: list[Demand], cluster, cost_model, time_limit_s: flo
 
     _, bound, converged = column_generation(
         lambda c: headroom_lp(c, scaled, counts), bound_at,
-        lambda pi, mu, c, stalls, quick: _pricing_round(scaled, gpus, cost_model, pi, mu, deadline, price_s * 3 ** stalls, seen,
-                                                        cols=c, quick=quick),
+        lambda pi, mu, c, stalls, quick, skip, at_lp: _pricing_round(scaled, gpus, cost_model, pi, mu, deadline, price_s * 3 ** stalls,
+                                                                     seen, cols=c, quick=quick, skip=skip, at_lp=at_lp),
         cols, 1.0, deadline)
     remaining = max(0.5, 0.9 * (time_limit_s - (time.perf_counter() - start)))
     value, units, status = solve_master(cols, scaled, [1.0] * len(scaled), counts, "fairness", backend, remaining, seed)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.estimator import DRAIN_FACTOR, SM_BUDGET_PCT, UTIL_CAP, best_rates
-from planner.pricing_bounds import levels, relaxed, upper
+from planner.pricing_bounds import dual_bound, levels, relaxed
 from planner.pricing_tables import SM_SPLITS, tables_for
 from planner.tables import DECODE_SM_PCTS
 from profiler.memory import usable_bytes
@@ -43,6 +43,7 @@ TIE = 1e-9  # duals closer than this count as equal for dominance
 MAX_PARTS = 300_000  # partial member sets per size beyond which the search is not exact (see module docstring)
 MAX_ROWS = 400_000  # rated (members, options) rows per pricing problem, likewise
 CHUNK = 64  # (set, split) pairs bounded and rated together
+ROW_BATCH = 32  # option vectors given the full search together
 LARGEST_CAP = {1: 90, 2: 90, 3: 50, 4: 30}
 
 
@@ -75,17 +76,20 @@ def _dominators(cand, group, w, reff):
     return doms, 4 * len(cand) * loss
 
 
-def _sets(a, light, usable, k, threshold):
+def _sets(a, light, usable, k, threshold, before=None):
     """Position tuples (sets x k, ascending) of size-k member sets whose sum bound beats the threshold, or None past
-    MAX_PARTS. ``a`` is sorted descending."""
+    MAX_PARTS. ``a`` is sorted descending; ``before[j, i]`` = 1 when i < j dominates j: j joins only sets holding
+    every such i (the others are checked on the finished sets)."""
     m = len(a)
     if m < k:
         return np.zeros((0, k), dtype=np.intp)
+    before = np.zeros((m, m), dtype=np.float32) if before is None else before
     cs = np.concatenate([[0.0], np.cumsum(a)])
     least = float(light.min())
     j = np.arange(m)
     need = k - 1
     ok = (j + need < m) & (a + cs[np.minimum(j + 1 + need, m)] - cs[np.minimum(j + 1, m)] > threshold) & (light + need * least <= usable)
+    ok &= before.sum(axis=1) == 0
     parts, psum, pmem = j[ok][:, None], a[ok], light[ok]
     for level in range(1, k):
         need = k - level - 1
@@ -94,6 +98,10 @@ def _sets(a, light, usable, k, threshold):
         tail = cs[np.minimum(j + 1 + need, m)] - cs[np.minimum(j + 1, m)]
         keep = ((nxt > last[:, None]) & (nxt + need < m) & (psum[:, None] + (a + tail)[None, :] > threshold)
                 & (pmem[:, None] + (light + need * least)[None, :] <= usable))
+        if before.any():
+            absent = np.ones((len(parts), m), dtype=np.float32)
+            np.put_along_axis(absent, parts, 0.0, axis=1)
+            keep &= (absent @ before.T) == 0  # no dominator of the newcomer placed before it is missing
         rows, cols = np.nonzero(keep)
         if len(rows) > MAX_PARTS:
             return None
@@ -127,7 +135,14 @@ def price_enumerated(demands, gpu, n, cost_model, pi, tol: float = 1e-9, floor: 
     for k in (1, 2, 3, 4):
         a = w * np.minimum(r, tables.best_alone(LARGEST_CAP[k])[group])
         order = np.lexsort((cand, -a))
-        parts = _sets(a[order], light[order], tables.usable, k, threshold())
+        rank = np.empty(len(order), dtype=np.intp)
+        rank[order] = np.arange(len(order))
+        before = np.zeros((len(order), len(order)), dtype=np.float32)
+        for j, dj in enumerate(doms):
+            for i in dj:
+                if rank[i] < rank[j]:
+                    before[rank[j], rank[i]] = 1.0
+        parts = _sets(a[order], light[order], tables.usable, k, threshold(), before)
         if parts is None:  # too many sets: bound them by the best k sum bounds
             state["exact"], state["left"] = False, max(state["left"], float(np.sort(a)[::-1][:k].sum()))
             continue
@@ -160,7 +175,7 @@ def _search(tables, cand, group, w, r, sets, k, found, threshold, state):
         cheap, (Rr, Q, D, pmax) = relaxed(tables, G, W, R, split)
         live = np.nonzero(cheap > threshold())[0]
         if len(live):
-            ub = upper(W[live], Rr[live], Q[live], D[live], pmax[live])[0]
+            ub = dual_bound(W[live], Rr[live], Q[live], D[live], pmax[live])
             pairs += [(float(u), int(s), split) for u, s in zip(ub, live)]
     pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
     for start in range(0, len(pairs), CHUNK):
@@ -205,16 +220,19 @@ def _rate(tables, cand, group, w, r, sets, chunk, found, threshold, state):
     P, D, T, C = stack(0), stack(1), stack(3), stack(4)
     Q = P + DRAIN_FACTOR * T.max(axis=1, keepdims=True)
     pmax = np.minimum(UTIL_CAP, C.min(axis=1))
-    # certified bounds and feasible values of a short search first: only rows that could still make the top get the
-    # full search
-    ub, low = upper(W, R, Q, D, pmax)
-    sizes = np.array([len(v) for _, _, v in blocks])
-    block_low = np.sort(np.maximum.reduceat(low, np.cumsum(sizes) - sizes))[::-1]
-    cut = max(threshold(), float(block_low[0]) if state["chunks"] is None else -np.inf)  # quick rounds keep runners-up
-    live = ub > cut
+    # certified bounds first; then the full search on rows in decreasing bound, in batches, while a row could still
+    # beat the threshold (quick rounds: every row that beats the floor, so each set's best unit is known)
+    ub = dual_bound(W, R, Q, D, pmax)
     values, xs = np.full(len(W), -np.inf), np.zeros_like(W)
-    if live.any():
-        values[live], xs[live] = best_rates(W[live], R[live], Q[live], D[live], pmax[live])
+    order = np.argsort(-ub, kind="stable")
+    order = order[ub[order] > threshold()]
+    step = max(1, len(order)) if state["chunks"] is not None else ROW_BATCH
+    for start in range(0, len(order), step):
+        rows = order[start:start + step]
+        rows = rows[ub[rows] > max(threshold(), values.max() if state["chunks"] is None else -np.inf)]
+        if not len(rows):
+            break
+        values[rows], xs[rows] = best_rates(W[rows], R[rows], Q[rows], D[rows], pmax[rows])
     offset = 0
     for m, sig, v in blocks:
         local = int(np.argmax(values[offset:offset + len(v)]))

@@ -1,12 +1,17 @@
 """Upper bounds for the pricing search (planner.pricing): a cheap per-set relaxation, level bounds per (set, SM split),
-and a certified upper bound on the estimator's LP of any row.
+and a certified upper bound on the estimator's LP of any row, by LP duality.
 
-The estimator's LP (planner.estimator) for fixed options is V* = max over the stalled share P in [0, P_max] of V(P), a
-fractional knapsack with capacity P on stall seconds q and caps c_j(P) = min(r_j, (UTIL_CAP - P)^+ / d_j). V is concave,
-and Lipschitz with constant L = max_j w_j / q_j + sum_j w_j / d_j (the capacity moves the value by at most the best
-ratio, each cap by at most w_j). After a golden-section search whose bracket [lo, hi] still holds a maximiser,
-V* <= V(a) + L (hi - lo) for any a in the bracket: ``upper`` returns that bound after a few iterations (the rows it cannot
-cut get the full search of planner.estimator.best_rates).
+The estimator's LP (planner.estimator) for fixed options: max sum_j w_j x_j s.t. 0 <= x_j <= r_j [alpha_j],
+d_i x_i + sum_j q_j x_j <= U [beta_i] for every i, sum_j q_j x_j <= P_max [gamma] (U = UTIL_CAP). Its dual: min
+sum r alpha + U sum beta + P_max gamma s.t. alpha_j + d_j beta_j + q_j sigma >= w_j, sigma = sum beta + gamma, all >= 0.
+For a fixed sigma >= 0 the best dual point is explicit: e_j = (w_j - q_j sigma)^+ must be covered by alpha_j (cost r_j
+each) or by d_j beta_j (cost (U - P_max) / d_j each, as gamma = sigma - sum beta falls), with sum beta <= sigma: a
+fractional knapsack of capacity sigma on the savings r_j d_j - (U - P_max) per unit of beta, so
+    g(sigma) = P_max sigma + sum_j r_j e_j - max { sum_j (r_j d_j - U + P_max) beta_j : 0 <= beta_j <= e_j / d_j,
+                                                   sum beta <= sigma }
+is an upper bound on the LP value for every sigma (weak duality), and min_sigma g = the LP value (strong duality).
+g is convex in sigma, so a short golden-section search over [0, max_j w_j / q_j] gets close to the minimum, and every
+point it evaluates is a valid bound: ``dual_bound`` returns the smallest. No tolerance is needed for validity.
 """
 from __future__ import annotations
 
@@ -16,35 +21,38 @@ from planner.estimator import DRAIN_FACTOR, UTIL_CAP
 from planner.pricing_tables import CAPS
 
 CAP_INDEX = {c: k for k, c in enumerate(CAPS)}
-
 GOLD = (np.sqrt(5) - 1) / 2
 
 
-def upper(W, R, Q, D, pmax, iters: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """(certified upper bound on V*, a feasible value V(a) <= V*) per row (module docstring); rows with pmax < 0 get
-    0 for both (the estimator's value)."""
-    order = np.argsort(-(W / Q), axis=1)
-    W, R, Q, D = (np.take_along_axis(a, order, axis=1) for a in (W, R, Q, D))
-    hi = np.clip(pmax, 0.0, UTIL_CAP)
-    lo = np.zeros(len(W))
+def dual_bound(W, R, Q, D, pmax, iters: int = 16) -> np.ndarray:
+    """min over the evaluated sigma of g(sigma) per row (module docstring); 0 where pmax < 0 (the estimator's value)."""
+    P = np.clip(pmax, 0.0, UTIL_CAP)[:, None]
+    save = R * D - (UTIL_CAP - P)
+    order = np.argsort(-save, axis=1)  # the knapsack's order does not depend on sigma
+    W, R, Q, D, save = (np.take_along_axis(a, order, axis=1) for a in (W, R, Q, D, save))
+    useful = save > 0
+    P = P[:, 0]
 
-    def value(load):  # the greedy fill in ratio order: an item gets stall seconds only once those before it are full
-        cap = np.minimum(R, np.maximum(0.0, UTIL_CAP - load)[:, None] / D)
-        used = Q * cap
-        left = load[:, None] - (np.cumsum(used, axis=1) - used)
-        return (W * np.maximum(0.0, np.minimum(cap, left / Q))).sum(axis=1)
+    def g(sigma):
+        e = np.maximum(0.0, W - Q * sigma[:, None])
+        cap = np.where(useful, e / D, 0.0)
+        before = np.cumsum(cap, axis=1) - cap
+        beta = np.maximum(0.0, np.minimum(cap, sigma[:, None] - before))
+        return P * sigma + (R * e).sum(axis=1) - (save * beta).sum(axis=1)
 
+    lo, hi = np.zeros(len(W)), (W / Q).max(axis=1)
+    best = np.minimum(g(lo), g(hi))
     a, b = hi - GOLD * (hi - lo), lo + GOLD * (hi - lo)
-    fa, fb = value(a), value(b)
-    for _ in range(iters):
-        left = fa < fb
-        lo, hi = np.where(left, a, lo), np.where(left, hi, b)
-        a, b = hi - GOLD * (hi - lo), lo + GOLD * (hi - lo)
-        fa, fb = value(a), value(b)
-    lip = (W / Q).max(axis=1) + (W / D).sum(axis=1)
-    bound = np.maximum(fa, fb) + lip * (hi - lo)
-    bound = bound * (1 + 1e-9) + 1e-12
-    return np.where(pmax < 0, 0.0, bound), np.where(pmax < 0, 0.0, np.maximum(fa, fb))
+    fa, fb = g(a), g(b)
+    for _ in range(iters):  # one new point per iteration: the other interior point is kept
+        best = np.minimum(best, np.minimum(fa, fb))
+        right = fa > fb  # convex: a minimiser lies in [a, hi] when g(a) > g(b)
+        lo, hi = np.where(right, a, lo), np.where(right, hi, b)
+        new = np.where(right, lo + GOLD * (hi - lo), hi - GOLD * (hi - lo))
+        fn = g(new)
+        a, fa, b, fb = np.where(right, b, new), np.where(right, fb, fn), np.where(right, new, a), np.where(right, fn, fa)
+    best = np.minimum(best, np.minimum(fa, fb))
+    return np.where(pmax < 0, 0.0, best * (1 + 1e-12) + 1e-12)  # the last term: rounding in the sums
 
 
 def relaxed(tables, groups, W, R, split):
@@ -104,5 +112,5 @@ def levels(tables, G, W, R, splits):
     Q = P + DRAIN_FACTOR * T.max(axis=1, keepdims=True)
     pmax = np.where(feasible, pmax, -1.0).ravel()
     Wr, Rr = (np.broadcast_to(a[None, :, None, :], (k, num, width, k)).reshape(-1, k) for a in (W, R))
-    val = upper(Wr, Rr, Q, D, pmax)[0].reshape(k, num, width)
+    val = dual_bound(Wr, Rr, Q, D, pmax).reshape(k, num, width)
     return np.where(feasible, val, -np.inf).transpose(1, 0, 2)

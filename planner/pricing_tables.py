@@ -10,8 +10,6 @@ its value at (pmin, dmin, max_j tmin_j, min_j capmax_j) bounds the value of ever
 """
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
 from planner.tables import model_options
@@ -24,6 +22,8 @@ SM_SPLITS = {  # maximal decode SM caps per number of models (percent, multiples
 }
 CAPS = (30, 50, 70, 90)
 _TABLES: dict[tuple, "Tables"] = {}
+_VECTORS: dict[tuple, np.ndarray] = {}  # candidate option vectors per (mesh, members' option tables and caps)
+MAX_CACHED = 50_000  # entries (a few rows each) before the cache starts afresh
 
 
 def tables_for(demands, gpu, n, cost_model, usable) -> "Tables":
@@ -89,7 +89,10 @@ class Tables:
                     raw[field][g, :len(a)] = a
             self.padded[cap] = tuple(raw)  # (p, d, mem, t, prefill cap) per group, padded with mem inf
         self.stacked = [np.stack([self.padded[c][f] for c in CAPS]) for f in range(5)]  # caps x groups x options
-        self._vectors: dict[tuple, np.ndarray] = {}
+        self.key = (id(cost_model), gpu.name, usable, n)  # with the groups' table keys, names option vectors (_VECTORS)
+        self.group_keys = [None] * self.num_groups
+        for d in demands:
+            self.group_keys[keys[d.table_key]] = d.table_key
 
     def lightest(self, cap: int) -> np.ndarray:
         """Per group, the memory of its lightest option at this cap (inf when none)."""
@@ -101,11 +104,13 @@ class Tables:
 
     def candidates(self, sig: tuple[tuple[int, int], ...]) -> np.ndarray:
         """The option vectors worth rating for members (group, cap): the dominant ones among the maximal vectors."""
-        key = ("dominant", sig)
-        if key not in self._vectors:
+        key = (self.key, tuple((self.group_keys[g], cap) for g, cap in sig))
+        if key not in _VECTORS:
+            if len(_VECTORS) > MAX_CACHED:
+                _VECTORS.clear()
             vecs = self.batch_vectors(sig)
-            self._vectors[key] = self.dominant(sig, vecs) if len(vecs) > 1 else vecs
-        return self._vectors[key]
+            _VECTORS[key] = self.dominant(sig, vecs) if len(vecs) > 1 else vecs
+        return _VECTORS[key]
 
     def dominant(self, sig: tuple[tuple[int, int], ...], vecs: np.ndarray) -> np.ndarray:
         """Distinct option vectors that together dominate ``vecs`` (rows of option indices for members (group, cap)).
@@ -126,23 +131,23 @@ class Tables:
             ok = (t[c][None, :] <= bound[:, None]) & (p[c][None, :] <= p[c][vecs[:, c]][:, None])
             out[:, c] = np.argmin(np.where(ok, d[c][None, :], np.inf), axis=1)
         fits = sum(mem[c][out[:, c]] for c in cols) <= self.usable
-        return np.unique(np.where(fits[:, None], out, vecs), axis=0)
+        out = np.where(fits[:, None], out, vecs)
+        base = max(len(x) for x in d)
+        codes = (out * base ** cols[::-1]).sum(axis=1)  # one integer per row: distinct rows, in a fixed order
+        return out[np.unique(codes, return_index=True)[1]]
 
     def batch_vectors(self, sig: tuple[tuple[int, int], ...]) -> np.ndarray:
         """Indices (rows x members) of the maximal option vectors within memory for members (group, cap)."""
-        if sig not in self._vectors:
-            mems = [self.arr[s][2] for s in sig]
-            if any(len(m) == 0 for m in mems):
-                self._vectors[sig] = np.zeros((0, len(sig)), dtype=np.intp)
-                return self._vectors[sig]
-            grid = np.array(list(itertools.product(*[range(len(m)) for m in mems])), dtype=np.intp).reshape(-1, len(sig))
-            used = sum(m[grid[:, k]] for k, m in enumerate(mems))
-            keep = used <= self.usable
-            for k, (s, m) in enumerate(zip(sig, mems)):  # maximal: no member can take a larger option that is
-                p, d, _, t, _ = self.arr[s]                # no slower in decode, step and prefill, within memory
-                better = np.append((p[1:] <= p[:-1]) & (d[1:] <= d[:-1]) & (t[1:] <= t[:-1]), False)
-                nxt = np.minimum(grid[:, k] + 1, len(m) - 1)
-                grows = better[grid[:, k]] & (used - m[grid[:, k]] + m[nxt] <= self.usable)
-                keep &= ~grows
-            self._vectors[sig] = grid[keep]
-        return self._vectors[sig]
+        mems = [self.arr[s][2] for s in sig]
+        if any(len(m) == 0 for m in mems):
+            return np.zeros((0, len(sig)), dtype=np.intp)
+        grid = np.indices([len(m) for m in mems]).reshape(len(sig), -1).T.astype(np.intp)
+        used = sum(m[grid[:, k]] for k, m in enumerate(mems))
+        keep = used <= self.usable
+        for k, (s, m) in enumerate(zip(sig, mems)):  # maximal: no member can take a larger option that is
+            p, d, _, t, _ = self.arr[s]                # no slower in decode, step and prefill, within memory
+            better = np.append((p[1:] <= p[:-1]) & (d[1:] <= d[:-1]) & (t[1:] <= t[:-1]), False)
+            nxt = np.minimum(grid[:, k] + 1, len(m) - 1)
+            grows = better[grid[:, k]] & (used - m[grid[:, k]] + m[nxt] <= self.usable)
+            keep &= ~grows
+        return grid[keep]
