@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 
 from planner.exact import TOL, ExactSolution, _pricing_round, _single_columns, cluster_gpus
+from planner.colgen import column_generation
 from planner.master_lp import headroom_lp
 from planner.placement import UnitChoice
 from planner.tables import Demand, model_options
@@ -74,20 +75,16 @@ def solve_headroom(demands: list[Demand], cluster, cost_model, time_limit_s: flo
     scaled = [d.scaled(h_max) for d in demands]
     cols = list(warm_start or []) + _single_columns(scaled, gpus, cost_model)
     seen = {(c.gpu, c.mesh_size, tuple((i, o, round(r, 9)) for i, o, r in c.members)) for c in cols}
-    bound, converged = 1.0, False
     deadline, price_s = start + 0.7 * time_limit_s, max(0.25, time_limit_s / 20)
-    while time.perf_counter() < deadline:
-        z, pi, mu = headroom_lp(cols, scaled, counts)
-        new_cols, slack, per_gpu, enumerated = _pricing_round(scaled, gpus, cost_model, pi, mu, deadline, price_s, seen)
-        cols += new_cols
-        bound = min(bound, sum(mu[t] * counts[t] for t in counts) + sum(counts[t] * max(0.0, slack[t]) for t in counts),
-                    sum(counts[t] * per_gpu[t] for t in counts))
-        if not new_cols:
-            converged = all(slack[t] <= 1e-6 * max(1.0, mu[t]) for t in slack)
-            if converged or enumerated:
-                bound = min(bound, z + 1e-9) if converged else bound
-                break
-            price_s *= 3
+
+    def bound_at(pi, mu, slack, per_gpu):  # the module docstring's two bounds
+        return min(sum(mu[t] * counts[t] + counts[t] * max(0.0, slack[t]) for t in counts), sum(counts[t] * per_gpu[t] for t in counts))
+
+    _, bound, converged = column_generation(
+        lambda c: headroom_lp(c, scaled, counts), bound_at,
+        lambda pi, mu, c, stalls, quick, skip, at_lp: _pricing_round(scaled, gpus, cost_model, pi, mu, deadline, price_s * 3 ** stalls,
+                                                                     seen, cols=c, quick=quick, skip=skip, at_lp=at_lp),
+        cols, 1.0, deadline)
     remaining = max(0.5, 0.9 * (time_limit_s - (time.perf_counter() - start)))
     value, units, status = solve_master(cols, scaled, [1.0] * len(scaled), counts, "fairness", backend, remaining, seed)
     value = max(0.0, value)

@@ -21,8 +21,35 @@ def _column_rows(cols, num_models: int, types: list[str]):
     return rows, cidx, vals
 
 
-def master_lp(cols, demands, w, gpu_counts):
-    """Value, duals pi (per model) and mu (per GPU type) of the configuration LP."""
+def _interior(cost, a_ub, b_ub, bounds):
+    """min cost.x s.t. a_ub x <= b_ub, bounds, by HiGHS's interior point method without crossover: (value, row duals
+    as scipy reports them). Its duals lie near the centre of the optimal dual face, not at a vertex of it, which makes
+    column generation take far fewer rounds (the vertex duals of the simplex jump between extremes)."""
+    import highspy
+    import numpy as np
+
+    from planner.exact import _highs
+
+    a = a_ub.tocsc()
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = a.shape[1], a.shape[0]
+    lp.col_cost_ = np.asarray(cost, dtype=float)
+    lp.col_lower_ = np.array([lo for lo, _ in bounds], dtype=float)
+    lp.col_upper_ = np.array([highspy.kHighsInf if hi is None else hi for _, hi in bounds], dtype=float)
+    lp.row_lower_ = np.full(a.shape[0], -highspy.kHighsInf)
+    lp.row_upper_ = np.asarray(b_ub, dtype=float)
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = a.indptr, a.indices, a.data
+    h = _highs()
+    h.setOptionValue("solver", "ipm")
+    h.setOptionValue("run_crossover", "off")
+    h.passModel(lp)
+    h.run()
+    return h.getInfo().objective_function_value, list(h.getSolution().row_dual)
+
+
+def master_lp(cols, demands, w, gpu_counts, interior: bool = False):
+    """Value, duals pi (per model) and mu (per GPU type) of the configuration LP (``interior``: central duals)."""
     from scipy.optimize import linprog
     from scipy.sparse import coo_matrix
 
@@ -35,6 +62,10 @@ def master_lp(cols, demands, w, gpu_counts):
     a_ub = coo_matrix((vals, (rows, cidx)), shape=(m + len(types), c + m)).tocsr()
     b_ub = [0.0] * m + [float(gpu_counts[t]) for t in types]
     bounds = [(0, None)] * c + [(0, d.rate_rps) for d in demands]
+    if interior:
+        value, marginals = _interior([0.0] * c + [-wi for wi in w], a_ub, b_ub, bounds)
+        duals = [max(0.0, -v) for v in marginals]
+        return -value, duals[:m], dict(zip(types, duals[m:]))
     res = linprog([0.0] * c + [-wi for wi in w], A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
     duals = [-v for v in res.ineqlin.marginals]
     return -res.fun, duals[:m], dict(zip(types, duals[m:]))

@@ -229,6 +229,55 @@ def test_enumerated_pricing_is_exact_and_the_milp_a_relaxation():
             assert sum(pi[i] * x for i, _, x in members) == pytest.approx(value, rel=1e-6)
 
 
+def _brute_force_pricing(demands, gpu, n, pi):
+    """max sum pi_i x_i over every unit of mesh size n: every member set, every option vector (non-maximal ones too)
+    within SM and memory, rated by the estimator's LP."""
+    import numpy as np
+
+    from planner.estimator import DRAIN_FACTOR, SM_BUDGET_PCT, UTIL_CAP, best_rates
+    from profiler.memory import usable_bytes
+
+    usable = usable_bytes(gpu)
+    opts = {i: [o for o in model_options(d, gpu, n, CM) if o.decode_sm_pct < 100 and o.mem_bytes <= usable]
+            for i, d in enumerate(demands) if pi[i] > 0}
+    best = 0.0
+    for k in (1, 2, 3, 4):
+        for members in itertools.combinations(sorted(opts), k):
+            combos = [c for c in itertools.product(*(opts[i] for i in members))
+                      if sum(o.decode_sm_pct for o in c) <= SM_BUDGET_PCT and sum(o.mem_bytes for o in c) <= usable]
+            if not combos:
+                continue
+            W = np.array([[pi[i] for i in members]] * len(combos))
+            R = np.array([[demands[i].rate_rps for i in members]] * len(combos))
+            T = np.array([[o.decode_step_s for o in c] for c in combos])
+            Q = np.array([[o.prefill_s_per_req for o in c] for c in combos]) + DRAIN_FACTOR * T.max(axis=1, keepdims=True)
+            D = np.array([[o.decode_s_per_req for o in c] for c in combos])
+            pmax = np.minimum(UTIL_CAP, np.array([min(o.prefill_cap for o in c) for c in combos]))
+            best = max(best, float(best_rates(W, R, Q, D, pmax)[0].max()))
+    return best
+
+
+@pytest.mark.parametrize("counts,n", [("llama-7b:2,llama-13b:2", 1), ("llama-7b:3,llama-13b:1", 2), ("llama-7b:2,llama-30b:1", 4)])
+def test_branch_and_bound_pricing_equals_brute_force(counts, n):
+    """The pricing search (bounds, dominance of option vectors, twins) returns the optimum of every unit there is."""
+    import numpy as np
+
+    from planner.pricing import price_enumerated
+
+    gpu = get_gpu("A100-80GB")
+    for order, seed in (("shuffled", 1), ("size", 2)):
+        demands = demands_from_workload(synthesize(parse_model_counts(counts), 0.9, 12.0, order=order, duration_s=60, seed=seed))
+        rng = np.random.default_rng(seed)
+        for pi in ([1.0] * len(demands), [float(v) for v in rng.uniform(0.1, 1.0, len(demands))]):
+            priced = price_enumerated(demands, gpu, n, CM, pi)
+            brute = _brute_force_pricing(demands, gpu, n, pi)
+            assert priced.exact and priced.value == pytest.approx(brute, rel=1e-7)
+            assert brute <= priced.dual_bound <= brute * (1 + 1e-6) + 1e-9
+            # a floor above the optimum proves that nothing beats it
+            above = price_enumerated(demands, gpu, n, CM, pi, floor=brute * 1.01)
+            assert above.exact and brute <= above.dual_bound <= brute * 1.01 + 1e-6
+
+
 def test_exact_is_deterministic():
     w = synthesize(parse_model_counts("llama-7b:4,llama-13b:2,llama-30b:1"), 0.7, 60.0, order="shuffled", materialise=False)
     cluster = load_cluster("1x8xA100-80GB")
