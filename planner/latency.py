@@ -22,9 +22,10 @@ import numpy as np
 from muxplan.schema import GpuSpec
 from planner.estimator import drain_s, stall_costs
 from planner.tables import Demand, Option
-from planner.sim.isolated import isolated_request_s
+from planner.sim.isolated import _evaluate, isolated_request_s
 
 CS2 = 0.25  # squared CV of the stall service time (prompts of one model vary little in prefill time)
+BURST = 1.0  # weight of the arrival CV^2 in the Kingman wait
 DRAWS = 32
 
 
@@ -36,6 +37,19 @@ class ModelPrediction:
     ttft_ms: tuple[float, float]  # p50, p99
     tpot_ms: tuple[float, float]
     slo_attainment: float
+
+
+_PER_REQUEST: dict[tuple, np.ndarray] = {}
+
+
+def _per_request(key: tuple, compute) -> np.ndarray:
+    """Per-request latencies of a model's sampled lengths that no constant of the unit model changes (memoised: the
+    fit bench predicts the same plans under many constants)."""
+    if key not in _PER_REQUEST:
+        if len(_PER_REQUEST) > 4096:
+            _PER_REQUEST.clear()
+        _PER_REQUEST[key] = compute()
+    return _PER_REQUEST[key]
 
 
 def _decode_batch(cost, demand: Demand, gpu: GpuSpec, option: Option, rate: float, stall: float) -> tuple[float, float]:
@@ -56,7 +70,7 @@ def predict_unit(gpu: GpuSpec, members: list[tuple[Demand, Option, float]], serv
     stall = min(0.999, sum(qj * x for qj, x in zip(q, served)))
     mean_stall_s = stall / lam if lam > 0 else 0.0
     ca2 = float(np.mean([d.arrival_cv ** 2 for d, _, _ in members]))
-    wq = stall / (1 - stall) * (ca2 + CS2) / 2 * mean_stall_s
+    wq = stall / (1 - stall) * (BURST * ca2 + CS2) / 2 * mean_stall_s
     delta = drain_s(options)
     rng = np.random.default_rng(seed)
     out = []
@@ -64,7 +78,8 @@ def predict_unit(gpu: GpuSpec, members: list[tuple[Demand, Option, float]], serv
         n, step = _decode_batch(cost, demand, gpu, option, rate, stall)
         pairs = np.array(demand.lengths or [(round(demand.mean_prompt_tokens), round(demand.mean_output_tokens))], dtype=np.int64)
         prompt, output = pairs[:, 0], pairs[:, 1]
-        pre = np.array([cost.prefill_ms(demand.spec, gpu, option.tp, 100, 1, int(p)) / 1e3 for p in prompt])
+        pre = _per_request(("pre", id(cost), demand.spec.name, gpu.name, option.tp, pairs.tobytes()), lambda: _evaluate(
+            lambda p: cost.prefill_ms(demand.spec, gpu, option.tp, 100, 1, int(p)) / 1e3, prompt))
         shape = (len(pairs), DRAWS)
         waits = np.where(rng.random(shape) < stall, rng.exponential(wq / stall if stall > 0 else 0.0, shape), 0.0)
         ttft = waits + delta + pre[:, None]
@@ -73,7 +88,8 @@ def predict_unit(gpu: GpuSpec, members: list[tuple[Demand, Option, float]], serv
         decode = (output - 1)[:, None] * step + stalls
         tpot = np.where(output[:, None] > 1, decode / np.maximum(output - 1, 1)[:, None], 0.0)
         if demand.ttft_target_s is None and demand.tpot_target_s is None:
-            isolated = isolated_request_s(demand.spec, gpu, cost, prompt, output)[1]
+            isolated = _per_request(("iso", id(cost), demand.spec.name, gpu.name, pairs.tobytes()),
+                                    lambda: isolated_request_s(demand.spec, gpu, cost, prompt, output)[1])
             met = ttft + decode <= demand.slo_scale * isolated[:, None] + 1e-9
         else:
             met = np.ones(shape, dtype=bool)

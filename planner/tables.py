@@ -213,6 +213,18 @@ def _options(demand: Demand, gpu: GpuSpec, tp: int, cost_model) -> tuple[Option,
     return tuple(o for o in found if not any(_dominates(q, o) for q in found))
 
 
+def option_for(demand: Demand, gpu: GpuSpec, tp: int, decode_sm_pct: int, batch: int, cost_model) -> Option:
+    """The option a placed model runs at (decode SM%, max batch), under the current constants, whether or not it is in
+    the model's non-dominated table (a plan fixed under other constants; bench.fit_unit_model)."""
+    spec = demand.spec
+    mean_in, mean_out = max(1, round(demand.mean_prompt_tokens)), max(1, round(demand.mean_output_tokens))
+    p = cost_model.prefill_ms(spec, gpu, tp, 100, 1, mean_in) / 1e3
+    step = cost_model.decode_ms(spec, gpu, tp, decode_sm_pct, batch, demand.context_tokens) / 1e3
+    return Option(tp, decode_sm_pct, 100, batch, p, mean_out * step / batch,
+                  batch * (mean_in + mean_out) * kv_bytes_per_token_per_gpu(spec, tp), weight_bytes_per_gpu(spec, tp),
+                  reserve_bytes(spec, tp, max_num_seqs=batch), step, tpot_limit_s(demand, gpu, cost_model))
+
+
 def _dominates(q: Option, o: Option) -> bool:
     keys = ("decode_s_per_req", "prefill_s_per_req", "mem_bytes", "decode_sm_pct", "decode_step_s")
     no_worse = all(getattr(q, k) <= getattr(o, k) for k in keys)
