@@ -27,6 +27,7 @@ from planner.sim.isolated import _evaluate, isolated_request_s
 CS2 = 0.25  # squared CV of the stall service time (prompts of one model vary little in prefill time)
 BURST = 1.0  # weight of the arrival CV^2 in the Kingman wait
 DRAWS = 32
+SLACK_QUANTILES = np.linspace(0.005, 0.995, 100)  # shares of the (request, draw) pairs
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class ModelPrediction:
     ttft_ms: tuple[float, float]  # p50, p99
     tpot_ms: tuple[float, float]
     slo_attainment: float
+    slack_s: tuple[float, ...] = ()  # quantiles (SLACK_QUANTILES) of the SLO slack: how much longer a request could have
+    # waited and still met its SLO (< 0: missed); what a backlog may add (bench.fit_unit_model's trace-window term)
 
 
 _PER_REQUEST: dict[tuple, np.ndarray] = {}
@@ -90,15 +93,20 @@ def predict_unit(gpu: GpuSpec, members: list[tuple[Demand, Option, float]], serv
         if demand.ttft_target_s is None and demand.tpot_target_s is None:
             isolated = _per_request(("iso", id(cost), demand.spec.name, gpu.name, pairs.tobytes()),
                                     lambda: isolated_request_s(demand.spec, gpu, cost, prompt, output)[1])
-            met = ttft + decode <= demand.slo_scale * isolated[:, None] + 1e-9
+            slack = demand.slo_scale * isolated[:, None] + 1e-9 - (ttft + decode)
+            met = slack >= 0
         else:
             met = np.ones(shape, dtype=bool)
+            slack = np.full(shape, np.inf)
             if demand.ttft_target_s is not None:
                 met &= ttft <= demand.ttft_target_s
+                slack = demand.ttft_target_s - ttft
             if demand.tpot_target_s is not None:
                 met &= tpot <= demand.tpot_target_s
+            slack = np.where(met, slack, -1.0)
         multi = output > 1
         tp_vals = tpot[multi] if multi.any() else np.zeros(1)
         out.append(ModelPrediction(demand.name, rate, n, tuple(float(v) * 1e3 for v in np.percentile(ttft, (50, 99))),
-                                   tuple(float(v) * 1e3 for v in np.percentile(tp_vals, (50, 99))), float(met.mean()) if rate > 0 else 1.0))
+                                   tuple(float(v) * 1e3 for v in np.percentile(tp_vals, (50, 99))), float(met.mean()) if rate > 0 else 1.0,
+                                   tuple(np.sort(np.minimum(slack, 1e9), axis=None)[(SLACK_QUANTILES * slack.size).astype(int)].tolist())))
     return out

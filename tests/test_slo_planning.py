@@ -134,3 +134,39 @@ def test_a_model_no_option_can_serve_within_its_slo_is_reported_so():
     (unserved,) = plan.unserved
     assert unserved.name == w.models[0].name and unserved.served_rps == 0.0
     assert unserved.reason == "not placed: no option meets its SLO (the decode step alone exceeds the TPOT limit) on any mesh"
+
+
+def test_fit_loss_and_search_pick_the_constant_that_matches_the_simulator():
+    from bench.fit_unit_model import coordinate_search, loss
+
+    # synthetic: the prediction of instance i at constant c is served 10 c (simulated 9.5), attainment 1 - |c - 0.9|
+    # (simulated 1.0) and headroom 2 c (simulated 1.9): each term is smallest at c = 0.95 and the grid holds it
+    def rows(c):
+        return [{"served_err": abs(10 * c - 9.5) / 9.5, "curve_err": abs(c - 0.9), "headroom_log_err": __import__("math").log(2 * c / 1.9)}]
+
+    # loss at c = 0.95: 0 + 0.05 + 0.25 x 0 = 0.05; at 0.9: 0.5 / 9.5 + 0 + 0.25 ln(1.8 / 1.9) -> 0.0526 + 0.0135
+    assert loss(rows(0.95)) == pytest.approx(0.05)
+    assert loss(rows(0.9)) == pytest.approx(0.5 / 9.5 + 0.25 * abs(__import__("math").log(1.8 / 1.9)))
+    best, value, trail = coordinate_search(lambda v: loss(rows(v["C"])), {"C": (0.5, 0.9, 0.95, 1.0, 1.2)}, {"C": 1.0})
+    assert best == {"C": 0.95} and value == pytest.approx(0.05) and len(trail) == 5
+
+
+def test_fit_recovers_the_util_cap_an_overloaded_unit_was_simulated_with():
+    from bench.fit_unit_model import Fixed, constants, coordinate_search, evaluate_all, loss, predict_at
+    from muxplan.schema import PlacedModel
+
+    w = Workload(models=[WorkloadModel(name="a", model="llama-7b", rate_rps=50.0, prompt_tokens=LengthDist(kind="fixed", mean=100),
+                                       output_tokens=LengthDist(kind="fixed", mean=50))], duration_s=10)
+    d = demands_from_workload(w)[0]
+    gpu = get_gpu("A100-80GB")
+    m = PlacedModel(name="a", model="llama-7b", tp=1, prefill_sm_pct=100, decode_sm_pct=50, kv_bytes=GIB, max_num_seqs=16,
+                    routing_share=1.0, rate_rps=d.rate_rps, predicted_rps=d.rate_rps)
+    fx = Fixed("toy", [(gpu, [(d, m)])], d.rate_rps, 0.0, CM, {}, 0.0)
+    # the 'simulator' is the unit model itself at UTIL_CAP 0.98: the fit must find 0.98 again from 0.9
+    with constants(UTIL_CAP=0.98):
+        probes = [{"scale": s, "rps": predict_at(fx, s)[0], "slo": predict_at(fx, s)[1]} for s in (0.25, 0.5, 1.0)]
+    fx.sim = {"probes": probes, "max_rate_scale": 0.5}
+    served = {c: evaluate_all([fx], {"UTIL_CAP": c})[0]["served_pred"] for c in (0.9, 0.98)}
+    assert served[0.9] < served[0.98] < d.rate_rps  # overloaded at x1: served = UTIL_CAP / (q + d) grows with the cap
+    best, _, _ = coordinate_search(lambda v: loss(evaluate_all([fx], v)), {"UTIL_CAP": (0.9, 0.95, 0.98, 1.0)}, {"UTIL_CAP": 0.9})
+    assert best == {"UTIL_CAP": 0.98}
