@@ -61,6 +61,9 @@ GRIDS = {
 }
 
 
+HAND_SET = {"DRAIN_FACTOR": 0.5, "TPOT_MARGIN": 0.75, "UTIL_CAP": 0.95, "CS2": 0.25, "BURST": 1.0}  # before any fit
+
+
 def current_constants() -> dict[str, float]:
     import planner.estimator
     import planner.latency
@@ -302,9 +305,14 @@ def loss(rows: list[dict]) -> float:
             + HEADROOM_WEIGHT * float(np.mean([abs(r["headroom_log_err"]) for r in rows])))
 
 
-def coordinate_search(loss_of: Callable[[dict], float], grids: dict, start: dict, max_passes: int = 3, log=None) -> tuple[dict, float, list]:
-    """Minimise loss_of(values) one constant at a time over its grid, keeping the best, until a pass moves nothing.
-    Ties keep the current value (then the earlier grid value). Returns (values, loss, every evaluation)."""
+MIN_GAIN = 0.002  # a move must lower the loss by this much: flat directions keep the value in the code
+
+
+def coordinate_search(loss_of: Callable[[dict], float], grids: dict, start: dict, max_passes: int = 3, log=None,
+                      min_gain: float = MIN_GAIN) -> tuple[dict, float, list]:
+    """Minimise loss_of(values) one constant at a time over its grid, moving to the best value of the grid when it
+    beats the current one by more than ``min_gain``, until a pass moves nothing (ties and noise-level gains keep the
+    current value). Returns (values, loss, every evaluation in order)."""
     memo: dict[tuple, float] = {}
     trail = []
 
@@ -322,11 +330,10 @@ def coordinate_search(loss_of: Callable[[dict], float], grids: dict, start: dict
     for _ in range(max_passes):
         moved = False
         for name, grid in grids.items():
-            for v in grid:
-                trial = {**best, name: v}
-                val = f(trial)
-                if val < best_loss - 1e-12:
-                    best, best_loss, moved = trial, val, True
+            scored = [(f({**best, name: v}), v) for v in grid]
+            val, v = min(scored, key=lambda t: t[0])
+            if val < best_loss - min_gain:
+                best, best_loss, moved = {**best, name: v}, val, True
         if not moved:
             break
     return best, best_loss, trail
@@ -416,7 +423,7 @@ def main() -> None:
     if args.only:
         return
     sim_s = time.perf_counter() - start
-    before = current_constants()
+    before, in_code = dict(HAND_SET), current_constants()
 
     def log(values, val):
         print(f"  loss {val:.4f} at {values}", flush=True)
@@ -424,7 +431,7 @@ def main() -> None:
     best, best_loss, trail = coordinate_search(lambda v: loss(evaluate_all(fixed["train"], {**v, "DRAWS": FIT_DRAWS})), GRIDS, before, log=log)
     result = {"loss": "mean served-rate rel. error at x1 + mean |SLO attainment error| over the probed scales + "
                       f"{HEADROOM_WEIGHT} x mean |ln(predicted / simulated max rate at 99%)| (clipped to [1/16, 16])",
-              "before": before, "fitted": best, "train_loss": {"before": trail[0][1], "fitted": best_loss},
+              "before": before, "fitted": best, "in_code": in_code, "train_loss": {"before": trail[0][1], "fitted": best_loss},
               "evaluations": [{"values": v, "loss": l} for v, l in trail], "args": vars(args), "sim_and_cache_s": sim_s}
     for name in ("train", "held-out"):
         rows_b, rows_a = evaluate_all(fixed[name], before), evaluate_all(fixed[name], best)
@@ -456,7 +463,8 @@ def main() -> None:
                     f"{100 * s['curve_err']['median']:.2f}; SLO headroom pred/sim x{s['headroom_ratio_range'][0]:.2f}..x{s['headroom_ratio_range'][1]:.2f} "
                     f"(|ln| median {s['headroom_log_err']['median']:.2f}); capacity headroom pred/sim "
                     f"x{s['headroom_cap_ratio_range'][0]:.2f}..x{s['headroom_cap_ratio_range'][1]:.2f}")
-    c.print(f"fitted {best} (training loss {trail[0][1]:.4f} -> {best_loss:.4f}); {result['seconds']:.0f} s")
+    c.print(f"fitted {best} (training loss {trail[0][1]:.4f} -> {best_loss:.4f}, searched with DRAWS {FIT_DRAWS}); "
+            f"in the code: {in_code}{'' if in_code == best else ' (DIFFERENT from the fit)'}; {result['seconds']:.0f} s")
 
 
 if __name__ == "__main__":
