@@ -99,6 +99,15 @@ def constants(**values: float):
 
 # ---- instances ----------------------------------------------------------------------------------------------------
 
+def _sweep_grid(order: str):
+    """bench.paper_plans.grid at its defaults (the sweep's 5 alphas x 4 scales) for one rank order."""
+    from bench.paper_plans import add_grid_args, grid
+
+    ap = argparse.ArgumentParser()
+    add_grid_args(ap)
+    return list(grid(ap.parse_args(["--orders", order])))
+
+
 def training_instances(duration_s: float):
     """(label, planning workload, simulated workload, cluster): the size-ordered paper sweep and the demo."""
     from bench.paper_plans import PAPER_COUNTS
@@ -108,10 +117,9 @@ def training_instances(duration_s: float):
 
     cluster = load_cluster("4x8xA100-80GB")
     out = []
-    for alpha in (0.7, 0.9, 1.3, 1.7, 2.1):
-        for s in (0.5, 0.75, 1.0, 1.25):
-            wl = synthesize(PAPER_COUNTS, alpha, top_rate=40.0 * s, duration_s=duration_s, seed=1, order="size")
-            out.append((f"paper-size-a{alpha:g}-s{s:g}-d{duration_s:g}", wl, wl, cluster))
+    for order, alpha, s in _sweep_grid("size"):
+        wl = synthesize(PAPER_COUNTS, alpha, top_rate=40.0 * s, duration_s=duration_s, seed=1, order=order)
+        out.append((f"paper-{order}-a{alpha:g}-s{s:g}-d{duration_s:g}", wl, wl, cluster))
     for alpha, s, cv in BURSTY_TRAINING:  # the sweep is all Poisson: a burst term needs bursty training instances
         wl = synthesize(PAPER_COUNTS, alpha, top_rate=40.0 * s, duration_s=duration_s, seed=1, order="size",
                         arrivals=Arrivals(process="gamma", cv=cv))
@@ -131,10 +139,9 @@ def held_out_instances(duration_s: float):
 
     cluster = load_cluster("4x8xA100-80GB")
     out = []
-    for alpha in (0.7, 0.9, 1.3, 1.7, 2.1):
-        for s in (0.5, 0.75, 1.0, 1.25):
-            wl = synthesize(PAPER_COUNTS, alpha, top_rate=40.0 * s, duration_s=duration_s, seed=1, order="shuffled")
-            out.append((f"paper-shuffled-a{alpha:g}-s{s:g}", wl, wl, cluster))
+    for order, alpha, s in _sweep_grid("shuffled"):
+        wl = synthesize(PAPER_COUNTS, alpha, top_rate=40.0 * s, duration_s=duration_s, seed=1, order=order)
+        out.append((f"paper-{order}-a{alpha:g}-s{s:g}", wl, wl, cluster))
     out += [(label, wl, wl, cl) for label, wl, cl in held_out(duration_s)]
     return out
 
