@@ -31,22 +31,42 @@ def test_partitions_of_a_node():
 
 
 def test_estimator_closed_form_and_lp():
-    assert UTIL_CAP == 0.95 and DRAIN_FACTOR == 0.5
+    assert UTIL_CAP == 1.0 and DRAIN_FACTOR == 0.0  # fitted by bench/fit_unit_model.py (hand-set 0.95 and 0.5 before)
     # all demand fits: served = routed
     assert served_rates([opt(0.1, 0.2), opt(0.1, 0.2)], [1.0, 1.0]) == [1.0, 1.0]
-    # one model alone, overloaded: x (p + d) <= 0.95 -> x = 0.95 / 0.5
-    assert served_rates([opt(0.1, 0.4)], [5.0]) == pytest.approx([1.9])
-    # two models: max x1 + x2 s.t. 0.5 x1 + 0.1 (x1 + x2) <= 0.95, 0.5 x2 + 0.1 (x1 + x2) <= 0.95 -> x = 0.95/0.7 each
-    assert served_rates([opt(0.1, 0.5), opt(0.1, 0.5)], [5.0, 5.0]) == pytest.approx([0.95 / 0.7, 0.95 / 0.7])
-    # temporal: prefill and decode of everyone serialised: (0.6) (x1 + x2) <= 0.95
-    assert sum(served_rates([opt(0.1, 0.5), opt(0.1, 0.5)], [5.0, 5.0], temporal=True)) == pytest.approx(0.95 / 0.6)
+    # one model alone, overloaded: x (p + d) <= 1 -> x = 1 / (0.1 + 0.4) = 2
+    assert served_rates([opt(0.1, 0.4)], [5.0]) == pytest.approx([2.0])
+    # two models: max x1 + x2 s.t. 0.5 x1 + 0.1 (x1 + x2) <= 1, 0.5 x2 + 0.1 (x1 + x2) <= 1 -> 0.7 x = 1, x = 1/0.7 each
+    assert served_rates([opt(0.1, 0.5), opt(0.1, 0.5)], [5.0, 5.0]) == pytest.approx([1 / 0.7, 1 / 0.7])
+    # temporal: prefill and decode of everyone serialised: 0.6 (x1 + x2) <= 1
+    assert sum(served_rates([opt(0.1, 0.5), opt(0.1, 0.5)], [5.0, 5.0], temporal=True)) == pytest.approx(1 / 0.6)
 
 
 def stepped(tau, step=0.04):
     return Option(1, 30, 100, 8, 0.1, 0.2, 0, 0, 0, decode_step_s=step, tpot_limit_s=tau)
 
 
-def test_estimator_drain_and_tpot_limit():
+def test_estimator_tpot_limit_at_the_fitted_constants():
+    # DRAIN_FACTOR 0: q = p = 0.1 per request; TPOT cap 1 - 0.04 / 0.1 = 0.6 does not bind:
+    # 0.2 x + 0.1 (2 x) <= 1 -> x = 2.5 each (stalled share 0.1 x 5 = 0.5 <= 0.6)
+    assert served_rates([stepped(0.1), stepped(0.1)], [5.0, 5.0]) == pytest.approx([2.5, 2.5])
+    # tau = 0.05: prefills may stall decodes only 1 - 0.04 / 0.05 = 0.2 of the time: 0.1 (x1 + x2) <= 0.2 -> 2 in all
+    assert sum(served_rates([stepped(0.05), stepped(0.05)], [5.0, 5.0])) == pytest.approx(2.0)
+    assert served_rates([stepped(0.05, step=0.06)], [5.0]) == [0.0]
+    # alone: min(1 / (q + d), cap / q) = min(1 / 0.3, 0.6 / 0.1)
+    assert stepped(0.1).max_rps == pytest.approx(1 / 0.3)
+    est = estimate_unit(get_gpu("A100-80GB"), [(None, stepped(0.05), 5.0), (None, stepped(0.05), 5.0)])
+    assert est.stall_share == pytest.approx(0.2)
+
+
+def test_estimator_drain_and_tpot_limit(monkeypatch):
+    import planner.estimator
+    import planner.tables
+
+    # the drain term at the hand-set constants the fit replaced (DRAIN_FACTOR 0.5, UTIL_CAP 0.95)
+    for mod in (planner.estimator, planner.tables):
+        monkeypatch.setattr(mod, "DRAIN_FACTOR", 0.5)
+    monkeypatch.setattr(planner.estimator, "UTIL_CAP", 0.95)
     # drain = 0.5 x 0.04 = 0.02 -> q = 0.12 per request; TPOT cap 1 - 0.04 / 0.1 = 0.6 does not bind:
     # 0.2 x + 0.12 (2 x) <= 0.95 -> x = 0.95 / 0.44 each (0.12 x 4.32 = 0.52 <= 0.6)
     assert served_rates([stepped(0.1), stepped(0.1)], [5.0, 5.0]) == pytest.approx([0.95 / 0.44] * 2)

@@ -24,7 +24,9 @@ def test_latency_of_a_lone_request_is_its_prefill_drain_and_decode_steps():
     o = model_options(d, gpu, 1, CM)[0]
     (pred,) = predict_unit(gpu, [(d, o, 1e-6)], [1e-6], CM)
     spec = get_model("llama-7b")
-    # no load: no wait, no stall; TTFT = drain + prefill of 100 tokens; TPOT = the decode step at batch 1, context C
+    # no load: no wait, no stall; TTFT = drain + prefill of 100 tokens, the drain charged DRAIN_FACTOR = 0 (fitted by
+    # bench/fit_unit_model.py): TTFT = the prefill alone; TPOT = the decode step at batch 1, context C
+    assert DRAIN_FACTOR == 0.0
     assert d.context_tokens == 100 + 50 // 2  # no request drawn in 10 s at 1e-6 req/s: C falls back to L_in + L_out / 2
     ttft = DRAIN_FACTOR * o.decode_step_s * 1e3 + CM.prefill_ms(spec, gpu, 1, 100, 1, 100)
     assert pred.ttft_ms == pytest.approx((ttft, ttft))
@@ -134,3 +136,53 @@ def test_a_model_no_option_can_serve_within_its_slo_is_reported_so():
     (unserved,) = plan.unserved
     assert unserved.name == w.models[0].name and unserved.served_rps == 0.0
     assert unserved.reason == "not placed: no option meets its SLO (the decode step alone exceeds the TPOT limit) on any mesh"
+
+
+def test_fit_loss_and_search_pick_the_constant_that_matches_the_simulator():
+    from bench.fit_unit_model import coordinate_search, loss
+
+    # synthetic: the prediction of instance i at constant c is served 10 c (simulated 9.5), attainment 1 - |c - 0.9|
+    # (simulated 1.0) and headroom 2 c (simulated 1.9): each term is smallest at c = 0.95 and the grid holds it
+    def rows(c):
+        return [{"served_err": abs(10 * c - 9.5) / 9.5, "curve_err": abs(c - 0.9), "headroom_log_err": __import__("math").log(2 * c / 1.9)}]
+
+    # loss at c = 0.95: 0 + 0.05 + 0.25 x 0 = 0.05; at 0.9: 0.5 / 9.5 + 0 + 0.25 ln(1.8 / 1.9) -> 0.0526 + 0.0135
+    assert loss(rows(0.95)) == pytest.approx(0.05)
+    assert loss(rows(0.9)) == pytest.approx(0.5 / 9.5 + 0.25 * abs(__import__("math").log(1.8 / 1.9)))
+    best, value, trail = coordinate_search(lambda v: loss(rows(v["C"])), {"C": (0.5, 0.9, 0.95, 1.0, 1.2)}, {"C": 1.0})
+    assert best == {"C": 0.95} and value == pytest.approx(0.05) and len(trail) == 5
+
+
+def test_fit_recovers_the_util_cap_an_overloaded_unit_was_simulated_with():
+    from bench.fit_unit_model import Fixed, constants, coordinate_search, evaluate_all, loss, predict_at
+    from planner.latency import PlacedDemand
+
+    w = Workload(models=[WorkloadModel(name="a", model="llama-7b", rate_rps=50.0, prompt_tokens=LengthDist(kind="fixed", mean=100),
+                                       output_tokens=LengthDist(kind="fixed", mean=50))], duration_s=10)
+    d = demands_from_workload(w)[0]
+    gpu = get_gpu("A100-80GB")
+    fx = Fixed("toy", [(gpu, [PlacedDemand(d, 1, 50, 16, d.rate_rps, 1.0)])], d.rate_rps, 0.0, CM, {}, 0.0)
+    # the 'simulator' is the unit model itself at UTIL_CAP 0.98: the fit must find 0.98 again from 0.9
+    with constants(UTIL_CAP=0.98):
+        probes = [{"scale": s, "rps": predict_at(fx, s)[0], "slo": predict_at(fx, s)[1]} for s in (0.25, 0.5, 1.0)]
+    fx.sim = {"probes": probes, "max_rate_scale": 0.5}
+    served = {c: evaluate_all([fx], {"UTIL_CAP": c})[0]["served_pred"] for c in (0.9, 0.98)}
+    assert served[0.9] < served[0.98] < d.rate_rps  # overloaded at x1: served = UTIL_CAP / (q + d) grows with the cap
+    best, _, _ = coordinate_search(lambda v: loss(evaluate_all([fx], v)), {"UTIL_CAP": (0.9, 0.95, 0.98, 1.0)}, {"UTIL_CAP": 0.9})
+    assert best == {"UTIL_CAP": 0.98}
+
+
+def test_backlog_and_admission_of_a_fixed_plan_by_hand():
+    from planner.latency import PlacedDemand, backlog_met, routed_at
+
+    slack = [-1.0, 5.0, 10.0, 20.0]  # one missed request; three that could have waited 5, 10 and 20 s more
+    # within capacity: every arrival served, 3 of 4 within SLO -> 4 x 0.75
+    assert backlog_met(4.0, 5.0, 10.0, slack) == pytest.approx(3.0)
+    # twice the capacity over 10 s: waits grow to 10 x (10 / 5 - 1) = 10 s, uniform; met = mean(clip(slack / 10, 0, 1))
+    # = (0 + 0.5 + 1 + 1) / 4 = 0.625 of the 10 req/s
+    assert backlog_met(10.0, 5.0, 10.0, slack) == pytest.approx(6.25)
+    assert backlog_met(10.0, 0.0, 10.0, slack) == 0.0
+    # a replica routed 2 req/s of a model whose plan admits half its demand (the simulator's admission): at x2 it gets
+    # 4; at x0.75 the plan admits min(1, 0.5 / 0.75) of the requests -> 2 x min(1, 0.75 / 0.5) = 2; at x0.25 all -> 1
+    placed = PlacedDemand(None, 1, 50, 8, 2.0, 0.5)
+    assert [routed_at(placed, s) for s in (2.0, 0.75, 0.25)] == pytest.approx([4.0, 2.0, 1.0])
