@@ -9,16 +9,17 @@ It is solved exactly, without a MILP, by a search that only evaluates units that
    serve alone, so a unit of k models is worth at most sum_i a_i(k), a_i(k) = w_i min(r_i, u_i(c_k)), c_k the
    largest cap a k-model split allows (90, 90, 50, 30). Member sets are grown in decreasing a_i(k) and cut once
    their sum bound (members chosen + the best that could still join) is <= T, the threshold: the best value found
-   so far (the ``top``-th best when several columns are wanted) or ``floor`` if higher. Sets that cannot hold every
-   member's lightest option in memory are cut too.
+   so far or ``floor`` if higher (up to ``top`` - 1 runners-up found on the way are returned as further columns).
+   Sets that cannot hold every member's lightest option in memory are cut too.
 2. Interchangeable models (same option table) are ordered by (dual, rate capped at u_i(90)); j is dominated by i
    when w_i >= w_j and min(r_i, u) >= min(r_j, u). Swapping a hosted j for an absent i never loses (x_j <= min(r_j, u)
    <= r_i), so only member sets closed under dominators are kept (duals within TIE count as equal; what that may
    cost is added to the bound).
 3. Per surviving set and maximal SM split ((90), (30,90), (50,70), (70,50), (90,30), (30,30,50), ..., (30,30,30,30)):
    the relaxation of planner.pricing_tables bounds every batch vector; pairs bounded by <= T are cut.
-4. The rest, best bound first, in chunks: every maximal batch vector within memory (a higher SM share or a larger
-   batch never hurts) is rated by the estimator's LP (planner.estimator.best_rates: max over the stalled share P of
+4. The rest, best bound first, in chunks: the dominant maximal batch vectors within memory (a higher SM share or a
+   larger batch never hurts; planner.pricing_tables.Tables.dominant), each bounded by LP duality
+   (planner.pricing_bounds.dual_bound) and, in decreasing bound while one could still win, rated by the estimator's LP (planner.estimator.best_rates: max over the stalled share P of
    a fractional knapsack, concave in P, golden-section search to ~1e-12), updating T; the search stops when the
    next pair's bound is <= T.
 
