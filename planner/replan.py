@@ -96,19 +96,25 @@ def enumerate_configs(demands, gpu_name, gpu, n, cost_model, limit, temporal) ->
     return out
 
 
-def neighbours(loc: Location, demands, gpu, cost_model, limit, temporal) -> list[Config]:
-    """The running configuration, it with one member dropped, and it with one model added (any option that fits)."""
+NEIGHBOUR_OPTIONS = 2  # options per added model in a neighbour (fastest and smallest): keeps the MILP to ~100 columns/location
+
+
+def neighbours(loc: Location, demands, gpu, cost_model, limit, temporal, focus=None) -> list[Config]:
+    """The running configuration, it with one member dropped, with one model added (any option that fits), and with
+    one member swapped for another model or option."""
     own = Config(loc.gpu, loc.mesh_size, loc.members)
-    out = [own] + [Config(loc.gpu, loc.mesh_size, loc.members[:k] + loc.members[k + 1:]) for k in range(len(loc.members))]
-    inside = {i for i, _ in loc.members}
-    for i, d in enumerate(demands):
-        if i in inside or d.rate_rps <= 0:
-            continue
-        for o in candidate_options(d, gpu, loc.mesh_size, cost_model, limit):
-            members = loc.members + ((i, o),)
-            if feasible(gpu, [m for _, m in members], temporal):
-                out.append(Config(loc.gpu, loc.mesh_size, members))
-    return [c for c in out if c.members]
+    bases = [loc.members] + [loc.members[:k] + loc.members[k + 1:] for k in range(len(loc.members))]
+    out = [Config(loc.gpu, loc.mesh_size, b) for b in bases]
+    for base in bases:
+        inside = {i for i, _ in base}
+        for i, d in enumerate(demands):
+            if i in inside or d.rate_rps <= 0 or (focus is not None and i not in focus):
+                continue
+            for o in candidate_options(d, gpu, loc.mesh_size, cost_model, limit or NEIGHBOUR_OPTIONS):
+                members = base + ((i, o),)
+                if (i, o) not in loc.members and feasible(gpu, [m for _, m in members], temporal):
+                    out.append(Config(loc.gpu, loc.mesh_size, members))
+    return list(dict.fromkeys(c for c in out if c.members)) or [own]
 
 
 def location_space(loc: Location, demands, gpu, cost_model, limit, temporal) -> list[Config]:
@@ -131,14 +137,15 @@ def location_space(loc: Location, demands, gpu, cost_model, limit, temporal) -> 
     return out
 
 
-def _unit_rows(h, demands, gpu, cfg: Config, y, temporal: bool):
-    """Rate variables of one column and the unit model's rows scaled by its choice variable y (planner.estimator)."""
+def _unit_rows(h, demands, gpu, cfg: Config, y, temporal: bool, demand_scale: float = 1.0):
+    """Rate variables of one column and the unit model's rows scaled by its choice variable y (planner.estimator);
+    ``demand_scale`` > 1 lets the rates exceed the demand (the headroom stage)."""
     opts = [o for _, o in cfg.members]
-    xs = [h.addVariable(lb=0, ub=demands[i].rate_rps) for i, _ in cfg.members]
+    xs = [h.addVariable(lb=0, ub=demand_scale * demands[i].rate_rps) for i, _ in cfg.members]
     if temporal:
         h.addConstr(sum((o.prefill_s_per_req + o.decode_s_per_req) * x for o, x in zip(opts, xs)) - UTIL_CAP * y <= 0)
         for (i, o), x in zip(cfg.members, xs):
-            h.addConstr(x - demands[i].rate_rps * y <= 0)
+            h.addConstr(x - demand_scale * demands[i].rate_rps * y <= 0)
         return xs
     q, pmax = stall_costs(opts), prefill_limit(opts)
     if pmax < 0:  # a member's decode step alone breaks its TPOT limit: the estimator serves nothing on this unit
@@ -148,21 +155,21 @@ def _unit_rows(h, demands, gpu, cfg: Config, y, temporal: bool):
     stall = sum(qj * x for qj, x in zip(q, xs))
     h.addConstr(stall - pmax * y <= 0)
     for (i, o), x in zip(cfg.members, xs):
-        h.addConstr(x - min(demands[i].rate_rps, o.max_rps) * y <= 0)
+        h.addConstr(x - min(demand_scale * demands[i].rate_rps, o.max_rps) * y <= 0)
         h.addConstr(o.decode_s_per_req * x + stall - UTIL_CAP * y <= 0)
     return xs
 
 
 def solve_budgeted(demands: list[Demand], cluster, locs: list[Location], pool: list[Config], cost_model, objective: str,
                    max_moves: int, max_restarts: int, time_limit_s: float, temporal: bool = False,
-                   location_configs: dict[int, list[Config]] | None = None) -> Budgeted:
+                   location_configs: dict[int, list[Config]] | None = None, focus: set[int] | None = None) -> Budgeted:
     """The MILP of the module docstring over ``pool`` (new units) and, per location, its neighbours plus the pool's
     configurations of its GPU type and mesh size (``location_configs`` overrides the neighbours)."""
     from planner.exact import _highs
 
     start = time.perf_counter()
     h = _highs()
-    h.setOptionValue("time_limit", max(0.5, time_limit_s))
+    h.setOptionValue("time_limit", max(3.0, time_limit_s))
     h.setOptionValue("mip_rel_gap", 1e-6)
     total = sum(d.rate_rps for d in demands) or 1.0
     w = [d.rate_rps / total if objective == "weighted" else 1.0 for d in demands]
@@ -173,9 +180,12 @@ def solve_budgeted(demands: list[Demand], cluster, locs: list[Location], pool: l
     vacated = {}
     for u, loc in enumerate(locs):
         old = set(loc.members)
-        configs = (location_configs or {}).get(u) or neighbours(loc, demands, gpus[loc.gpu], cost_model, None, temporal)
+        configs = (location_configs or {}).get(u) or neighbours(loc, demands, gpus[loc.gpu], cost_model, None, temporal, focus)
         configs = list(dict.fromkeys(configs + [c for c in pool if c.gpu == loc.gpu and c.mesh_size == loc.mesh_size]))
         zs = []
+        if loc.members and loc.members in [c.members for c in configs]:  # the running configuration first: the warm start
+            configs.remove(Config(loc.gpu, loc.mesh_size, loc.members))
+            configs.insert(0, Config(loc.gpu, loc.mesh_size, loc.members))
         for cfg in configs:
             z = h.addBinary()
             zs.append(z)
@@ -198,7 +208,7 @@ def solve_budgeted(demands: list[Demand], cluster, locs: list[Location], pool: l
             served[i].append(x)
     s = [h.addVariable(lb=0, ub=d.rate_rps) for d in demands]
     for i, xs in served.items():
-        h.addConstr(s[i] - sum(xs) <= 0 if xs else s[i] <= 0)
+        h.addConstr(s[i] - sum(xs) == 0 if xs else s[i] <= 0)  # replicas never route more than the demand
     moves, restarts = sum(moves_expr), sum(restarts_expr)
     if moves_expr:
         h.addConstr(moves <= max_moves)
@@ -209,12 +219,19 @@ def solve_budgeted(demands: list[Demand], cluster, locs: list[Location], pool: l
         for i, d in enumerate(demands):
             if d.rate_rps > 0:
                 h.addConstr(s[i] - d.rate_rps * t >= 0)
-        h.maximize(t + 1e-3 * sum(s) / total - penalty / total)
+        goal = t + 1e-3 * sum(s) / total - penalty / total
     else:
-        h.maximize(sum(wi * si for wi, si in zip(w, s)) - penalty)
+        goal = sum(wi * si for wi, si in zip(w, s)) - penalty
+    _warm_start(h, [zs[0] for zs in vacated.values() if zs])
+    h.maximize(goal)
     info = h.getInfo()
     if info.primal_solution_status != 2:
-        raise RuntimeError("replan: no feasible solution within the time limit (keeping the current plan is always feasible)")
+        if max_moves == 0 and max_restarts == 0:
+            raise RuntimeError("replan: no feasible solution within the time limit (keeping the current plan is always feasible)")
+        # nothing found in time: the current plan re-tuned is the answer HiGHS always finds (few free binaries)
+        kept = solve_budgeted(demands, cluster, locs, [], cost_model, objective, 0, 0, time_limit_s, temporal, location_configs, focus)
+        return Budgeted(kept.units, kept.value, info.mip_dual_bound, 0, 0, "no better plan found within the time limit",
+                        time.perf_counter() - start)
     chosen = []
     for u, cfg, y, xs in columns:
         count = round(h.val(y))
@@ -229,6 +246,47 @@ def solve_budgeted(demands: list[Demand], cluster, locs: list[Location], pool: l
     bound = info.mip_dual_bound + (EPS_MOVE * total * (max_moves + max_restarts) if objective != "fairness" else 1e-3)
     status = "optimal" if info.mip_gap <= 1e-6 else f"MILP gap {info.mip_gap:.2%} at the time limit"
     return Budgeted(tuple(chosen), value, bound, n_moves, n_restarts, status, time.perf_counter() - start)
+
+
+def balance(chosen: tuple[Chosen, ...], demands, cluster, temporal: bool) -> tuple[tuple[Chosen, ...], float]:
+    """Routing over fixed units with the most headroom: max alpha s.t. the replicas of every model can serve alpha r_i
+    (the unit rows, homogeneous in the rates); routed rates are then alpha's split scaled back to the demand. Only when
+    the units serve all demand (alpha >= 1); otherwise the served-rate routing stays. Returns (units, alpha)."""
+    from planner.exact import _highs
+
+    h = _highs()
+    gpus = {node.gpu: get_gpu(node.gpu, cluster.gpus) for node in cluster.nodes}
+    alpha = h.addVariable(lb=0, ub=100.0)
+    per_model: dict[int, list] = {}
+    rates = []
+    for c in chosen:
+        xs = _unit_rows(h, demands, gpus[c.gpu], Config(c.gpu, c.mesh_size, tuple((i, o) for i, o, _ in c.members)), 1.0, temporal, 100.0)
+        rates.append(xs)
+        for (i, _, _), x in zip(c.members, xs):
+            per_model.setdefault(i, []).append(x)
+    for i, d in enumerate(demands):
+        if d.rate_rps > 0:
+            h.addConstr(sum(per_model.get(i, [])) - d.rate_rps * alpha == 0 if i in per_model else alpha <= 0)
+    h.maximize(alpha)
+    a = h.val(alpha) if h.getInfo().primal_solution_status == 2 else 0.0
+    if a < 1.0:
+        return chosen, a
+    out = tuple(Chosen(c.location, c.gpu, c.mesh_size, tuple((i, o, h.val(x) / a) for (i, o, _), x in zip(c.members, xs)))
+                for c, xs in zip(chosen, rates))
+    return out, a
+
+
+def _warm_start(h, keep) -> None:
+    """The running plan, every location kept and nothing routed, is always feasible: HiGHS starts from it."""
+    import highspy
+
+    values = [0.0] * h.getNumCol()
+    for z in keep:
+        values[z.index] = 1.0
+    sol = highspy.HighsSolution()
+    sol.col_value = values
+    sol.value_valid = True
+    h.setSolution(sol)
 
 
 def _gpu_rows(h, cluster, locs, vacated, lams) -> None:

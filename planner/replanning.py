@@ -10,7 +10,7 @@ from muxplan.files import InputError
 from muxplan.schema import Plan, SolverRecord, Workload
 from planner.migration import Migration, locations, migration, place_new_units, running_option
 from planner.placement import UnitChoice, build_plan, inputs_digest
-from planner.replan import Config, candidate_options, enumerate_configs, location_space, solve_budgeted
+from planner.replan import Config, balance, candidate_options, enumerate_configs, location_space, solve_budgeted
 from planner.tables import demands_from_workload
 from profiler.plan_check import TIME_SLICED_DEVICE
 
@@ -69,8 +69,10 @@ def build_pool(demands, cluster, cost_model, scratch: Plan, complete: bool, opti
 
 def replan(current: Plan, workload: Workload, cost_model, cost_label: str = "", objective: str = "goodput",
            max_moves: int = 0, max_restarts: int | None = None, time_limit_s: float = 30.0, seed: int = 0,
-           complete: bool | None = None, option_limit: int | None = None, curve: bool = True) -> ReplanResult:
-    """The best plan within the budget (planner.replan), the from-scratch plan beside it, the value per budget."""
+           complete: bool | None = None, option_limit: int | None = None, curve: bool = True,
+           scratch: Plan | None = None) -> ReplanResult:
+    """The best plan within the budget (planner.replan), the from-scratch plan beside it (``scratch`` when the caller
+    already has it), the value per budget."""
     from planner.solve import run_solver
 
     if objective not in OBJECTIVES:
@@ -85,7 +87,8 @@ def replan(current: Plan, workload: Workload, cost_model, cost_label: str = "", 
     if unknown:
         raise InputError(f"workload: models: the plan serves {', '.join(unknown)}, which the workload does not name")
     temporal = all(n.gpu == TIME_SLICED_DEVICE for n in cluster.nodes)
-    scratch = run_solver("exact", workload, cluster, cost_model, cost_label, objective, time_limit_s / 2, seed)
+    if scratch is None:
+        scratch = run_solver("exact", workload, cluster, cost_model, cost_label, objective, time_limit_s / 2, seed)
     if complete is None:
         complete = option_limit is not None and len(demands) <= COMPLETE_MAX_MODELS and cluster.num_gpus <= COMPLETE_MAX_GPUS
     locs = locations(current, demands, cost_model)
@@ -98,8 +101,10 @@ def replan(current: Plan, workload: Workload, cost_model, cost_label: str = "", 
         gpus = {n.gpu: get_gpu(n.gpu, cluster.gpus) for n in cluster.nodes}
         spaces = {u: location_space(loc, demands, gpus[loc.gpu], cost_model, option_limit, temporal) for u, loc in enumerate(locs)}
 
+    focus = None if complete else _short(current, demands)
+
     def solve(k, r, limit_s):
-        return solve_budgeted(demands, cluster, locs, pool, cost_model, _master_objective(objective), k, r, limit_s, temporal, spaces)
+        return solve_budgeted(demands, cluster, locs, pool, cost_model, _master_objective(objective), k, r, limit_s, temporal, spaces, focus)
 
     sol = solve(max_moves, restarts, share)
     points = [(k, solve(k, min(k, restarts), share / 2).value) for k in budgets]
@@ -114,12 +119,28 @@ def replan(current: Plan, workload: Workload, cost_model, cost_label: str = "", 
     record = SolverRecord(method="replan", objective=objective, value=sol.value, bound=bound, gap=gap, status=status,
                           seconds=seconds, seed=seed, time_limit_s=time_limit_s,
                           inputs_digest=inputs_digest(workload, cluster, cost_label))
-    plan = to_plan(current, demands, locs, sol.units, record, cost_label, workload.name, temporal, cost_model)
+    units, headroom = balance(sol.units, demands, cluster, temporal)  # all demand served: spread it for the most headroom
+    if headroom >= 1.0:
+        record = record.model_copy(update={"headroom": headroom})
+    plan = to_plan(current, demands, locs, units, record, cost_label, workload.name, temporal, cost_model)
     moved = migration(current, plan)
     if moved.moves != sol.moves or moved.restarts != sol.restarts:
         raise RuntimeError(f"internal error: the MILP counted {sol.moves} moves/{sol.restarts} restarts, the plans differ by "
                            f"{moved.moves}/{moved.restarts}")
     return ReplanResult(plan, scratch, moved, migration(current, scratch), tuple(points) + ((max_moves, sol.value),), complete)
+
+
+FOCUS_MODELS = 4  # models whose growth the neighbours may add to a running unit
+
+
+def _short(current: Plan, demands) -> set[int]:
+    """The models whose new demand most exceeds what the current plan routes to them (those worth adding somewhere)."""
+    routed = {}
+    for u in current.units:
+        for m in u.models:
+            routed[m.name] = routed.get(m.name, 0.0) + m.rate_rps
+    gap = sorted(range(len(demands)), key=lambda i: -(demands[i].rate_rps - routed.get(demands[i].name, 0.0)))
+    return set(gap[:FOCUS_MODELS])
 
 
 def _master_objective(objective: str) -> str:

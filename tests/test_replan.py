@@ -123,6 +123,6 @@ def test_more_budget_never_worse_and_reaches_from_scratch(setup):
     cost, _, current, new = setup
     result = replan(current, new, cost, max_moves=4, time_limit_s=20)  # full tables, the neighbourhood pool
     values = [v for _, v in result.curve]
-    assert values == sorted(values) and not result.complete
+    assert all(b >= a - 1e-6 for a, b in zip(values, values[1:])) and not result.complete
     assert result.scratch_migration.moves <= 4 and result.scratch_migration.restarts <= 4
     assert result.plan.solver.value >= result.from_scratch.solver.value * (1 - 1e-6)
