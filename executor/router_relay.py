@@ -14,6 +14,7 @@ import json
 import time
 
 from executor.admission import QueueFull, QueueTimeout
+from executor.recorder import finished
 from executor.router import respond, respond_error
 from executor.router_http import UpstreamError, UpstreamTimeout
 from executor.router_request import RequestError
@@ -24,6 +25,9 @@ CLIENT_GONE = 499  # nginx's status for a client that closed the connection (cou
 
 def _sse_error(status: int, message: str) -> bytes:
     return b"data: " + json.dumps({"error": {"message": message, "type": "backend_error", "code": status}}).encode() + b"\n\n"
+
+
+USAGE_TAIL_BYTES = 2048
 
 
 class Relay:
@@ -102,8 +106,10 @@ class Relay:
                                        retry_after_s=5) from None
                 m["response_bytes"].observe(len(data))
                 await respond(send, resp.status, data, ctype.encode())
+                finished(self.state, model, start, data, resp.status)
                 return resp.status
-            await self.stream(send, resp, replica, start)
+            usage = await self.stream(send, resp, replica, start)
+            finished(self.state, model, start, usage, resp.status)
             return resp.status
         finally:
             resp.close()  # no-op once read; mid-stream (client gone) it drops the connection so the backend aborts
@@ -125,7 +131,7 @@ class Relay:
                     m["ttft"].observe(first - start)
                 events += chunk.count(b"data:")
                 size += len(chunk)
-                tail = (tail + chunk)[-32:]
+                tail = (tail + chunk)[-USAGE_TAIL_BYTES:]  # the last events: [DONE] and the usage event, if asked for
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if not tail.rstrip().endswith(b"[DONE]"):
                 error = f"model '{model}': the backend ended the stream early"
@@ -139,3 +145,4 @@ class Relay:
             m["tpot"].observe((last - first) / (events - 2))
         m["response_bytes"].observe(size)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return b"" if error else tail

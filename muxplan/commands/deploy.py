@@ -19,6 +19,7 @@ def deploy(
     gpu: Annotated[bool, typer.Option(help="Target GPU hosts (MPS, device UUIDs) even when planning on a CPU machine.")] = False,
     api_key: Annotated[Optional[str], typer.Option(envvar="MUXPLAN_API_KEY", help="Require this bearer key on /v1 routes.")] = None,
     ray: Annotated[Optional[str], typer.Option(help="Place units through Ray: 'local' or a cluster address.")] = None,
+    record: Annotated[Optional[Path], typer.Option(help="Write the served requests (no text) as trace segments DIR/trace-NNNN.json.")] = None,
 ) -> None:
     """Start the serving processes of a plan behind one OpenAI-compatible endpoint."""
     import shutil
@@ -41,7 +42,8 @@ def deploy(
         from executor.deployment import check_loadable, serve
 
         check_loadable(loaded, plan, backend)
-        serve(loaded, procs, state_dir, host, port, api_key, ray, backend, progress=lambda line: typer.echo(f"muxplan deploy: {line}"))
+        serve(loaded, procs, state_dir, host, port, api_key, ray, backend, progress=lambda line: typer.echo(f"muxplan deploy: {line}"),
+              record=record)
         return
     from muxplan.render import console
     from executor.render import processes_table
