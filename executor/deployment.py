@@ -48,6 +48,10 @@ def check_loadable(plan: Plan, plan_path: Path, backend: str = "vllm") -> None:
                                  "serving needs a local model folder (or a Hugging Face id) in the plan")
 
 
+def procs_on_gpu(procs) -> bool:
+    return any("CUDA_VISIBLE_DEVICES" in p.env for p in procs)
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -88,6 +92,10 @@ def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port
             supervisor.start()
         except RuntimeError as exc:
             raise InputError(str(exc)) from None
+        if not ray_address:  # rolling updates (`deploy --update`) are applied from a thread of this process
+            from executor.update import Deployment, watch
+
+            watch(Deployment(plan, procs, supervisor, state, state_dir, backend, port, api_key, procs_on_gpu(procs)), supervisor.stopping)
         models = sorted({m for p in procs for m in p.models})
         progress(f"serving {', '.join(models)} at http://{host}:{port}/v1 (OpenAI-compatible; Ctrl-C stops)")
         uvicorn.run(create_app(state), host=host, port=port, log_level="warning")

@@ -28,7 +28,7 @@ class Upstream:
         self.loop = None
         self.prober: asyncio.Task | None = None
         self.auth = f"Authorization: Bearer {state.backend_token}\r\n" if state.backend_token else ""
-        self.addr: dict[str, tuple[str, int]] = {}
+        self.addr: dict[str, tuple[str, int]] = _Addresses()  # replicas added by `deploy --update` resolve on first use
         for reps in state.replicas.values():
             for r in reps:
                 u = urlsplit(r.url)
@@ -117,3 +117,12 @@ class Upstream:
                 else:
                     self.mark_down(r)
             await asyncio.sleep(self.state.limits.probe_s)
+
+
+class _Addresses(dict):
+    """(host, port) per backend URL, parsed once."""
+
+    def __missing__(self, url: str) -> tuple[str, int]:
+        u = urlsplit(url)
+        self[url] = (u.hostname, u.port or 80)
+        return self[url]
