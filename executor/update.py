@@ -164,8 +164,13 @@ class Deployment:
         procs = [replace(old_specs[old], unit=spec.unit) for old, spec in diff.keep] + started
         self._route(router_state(new, procs, self.api_key, backend=self.backend))
         log.step("routing: replicas, shares and quotas of the new plan")
+        # the point of no return: from here the new plan is in force; a process running that it does not name (the old
+        # ones, or what an interrupted update left) is stopped now or by the next update
+        self.plan, self.procs = new, procs
+        in_force = {p.name for p in procs} | {s.name for s in diff.wait}
+        strays = [r.spec.name for r in self.supervisor.running if r.spec.name not in in_force]
         time.sleep(DRAIN_S)
-        for name in diff.stop:
+        for name in strays:
             log.step(f"stop {name}", "running")
             self.supervisor.remove(name)
             log.step(f"stopped {name}")
@@ -176,7 +181,6 @@ class Deployment:
             procs.append(spec)
             self._route(router_state(new, procs, self.api_key, backend=self.backend))
             log.step(f"started {spec.name}; routing updated")
-        self.plan, self.procs = new, procs
         log.finish("done")
 
     def _route(self, fresh) -> None:

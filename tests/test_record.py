@@ -26,6 +26,9 @@ def _start(plan, port, state, record):
         if " at http://" in line or deploy.poll() is not None:
             break
     assert deploy.poll() is None, "deploy exited"
+    deadline = time.monotonic() + 30  # the "serving" line comes just before the router binds its port
+    while get(f"http://127.0.0.1:{port}/health") == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
     return deploy
 
 

@@ -63,6 +63,9 @@ def test_update_moves_a_model_between_units_without_a_failed_request(tiny_models
             if " at http://" in line or deploy.poll() is not None:
                 break
         assert deploy.poll() is None
+        deadline = time.monotonic() + 30  # the "serving" line comes just before the router binds its port
+        while get(f"http://127.0.0.1:{port}/health") == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
         threading.Thread(target=lambda: drained.extend(deploy.stdout), daemon=True).start()  # never block its writes
         before = {row["name"]: row["pid"] for row in json.loads((state / "deployment.json").read_text())["processes"]}
         old_trees = {name: [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True) for name, pid in before.items()}
