@@ -28,7 +28,10 @@ def router_state(plan: Plan, procs: list[ProcessSpec], api_key: str | None, host
                 replicas.setdefault(m.name, []).append(Replica(m.name, f"http://{(hosts or {}).get(p.name, '127.0.0.1')}:{p.port}", m.routing_share, p.unit, p.name))
                 quotas[m.name] = quotas.get(m.name, 0) + (ENGINE_MAX_QUEUE if backend == "engine" else m.max_num_seqs)
                 predicted[m.name] = predicted.get(m.name, 0.0) + m.predicted_rps
-    return RouterState(replicas, Admission(quotas), predicted, api_key, backend_token=os.environ.get(TOKEN_ENV))
+    from executor.recorder import ObservedRates
+
+    return RouterState(replicas, Admission(quotas), predicted, api_key, backend_token=os.environ.get(TOKEN_ENV),
+                       observed=ObservedRates(sorted(replicas)))
 
 
 def check_loadable(plan: Plan, plan_path: Path, backend: str = "vllm") -> None:
@@ -45,12 +48,17 @@ def check_loadable(plan: Plan, plan_path: Path, backend: str = "vllm") -> None:
                                  "serving needs a local model folder (or a Hugging Face id) in the plan")
 
 
+def procs_on_gpu(procs) -> bool:
+    return any("CUDA_VISIBLE_DEVICES" in p.env for p in procs)
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
 def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port: int, api_key: str | None,
-          ray_address: str | None = None, backend: str = "vllm", progress: Callable[[str], None] = lambda line: None) -> None:
+          ray_address: str | None = None, backend: str = "vllm", progress: Callable[[str], None] = lambda line: None,
+          record: Path | None = None) -> None:
     """Blocks until SIGINT/SIGTERM; every child process is stopped on the way out.
 
     Locally a Supervisor runs the processes; with ``ray_address`` ("local" or a cluster address) each unit
@@ -74,12 +82,21 @@ def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port
         check_ports_free(procs, host, port)
         state = router_state(plan, procs, api_key, backend=backend)
         supervisor = Supervisor(procs, state_dir, on_health=state.set_health, token=token, progress=progress)
+    if record is not None:  # the served traffic as trace segments (executor.recorder), closed on the way out
+        from executor.recorder import TraceRecorder
+
+        state.recorder = TraceRecorder(record, {m.name: m.model for u in plan.units for m in u.models})
+        progress(f"recording served requests to {record}/trace-NNNN.json")
     try:
         try:
             progress(f"starting {len(procs)} serving process{'es' if len(procs) != 1 else ''} (logs in {state_dir / 'logs'})")
             supervisor.start()
         except RuntimeError as exc:
             raise InputError(str(exc)) from None
+        if not ray_address:  # rolling updates (`deploy --update`) are applied from a thread of this process
+            from executor.update import Deployment, watch
+
+            watch(Deployment(plan, procs, supervisor, state, state_dir, backend, port, api_key, procs_on_gpu(procs)), supervisor.stopping)
         models = sorted({m for p in procs for m in p.models})
         progress(f"serving {', '.join(models)} at http://{host}:{port}/v1 (OpenAI-compatible; Ctrl-C stops)")
         try:
@@ -91,3 +108,5 @@ def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port
     finally:
         progress("stopping")
         supervisor.stop()
+        if state.recorder is not None:
+            state.recorder.close()

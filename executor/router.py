@@ -59,6 +59,8 @@ class RouterState:
     backend_token: str | None = None
     limits: Limits = field(default_factory=Limits)
     context_tokens: dict[str, int] = field(default_factory=dict)  # learnt from the backends' /v1/models unless given
+    recorder: object | None = None  # executor.recorder.TraceRecorder with `deploy --record DIR`
+    observed: object | None = None  # executor.recorder.ObservedRates: finished requests per model, for /metrics
 
     def pick(self, model: str, exclude: list[Replica] = ()) -> Replica | None:
         """Smooth weighted round robin over routable replicas (deterministic, proportional to shares)."""
@@ -164,6 +166,8 @@ class Router:
 
     def render_metrics(self) -> bytes:
         m = self.metrics
+        from executor.recorder import export_rates  # the observed rate next to the plan's (issue 16)
+        export_rates(self.state, m.registry)
         for model, reps in self.state.replicas.items():
             m.quota.labels(model).set(self.state.admission.quotas[model])
             m.healthy.labels(model).set(sum(r.healthy and not r.failed for r in reps))

@@ -14,12 +14,16 @@ import json
 import time
 
 from executor.admission import QueueFull, QueueTimeout
+from executor.recorder import finished as note_finished
 from executor.router import respond, respond_error
 from executor.router_http import UpstreamError, UpstreamTimeout
 from executor.router_request import RequestError
 
 WATCH_AFTER_S = 0.02  # when the router starts watching for the client's disconnect
 CLIENT_GONE = 499  # nginx's status for a client that closed the connection (counted only, never sent)
+
+
+USAGE_TAIL_BYTES = 2048  # the last events: [DONE] and the usage event, if the client asked for one
 
 
 def _sse_error(status: int, message: str) -> bytes:
@@ -108,13 +112,15 @@ class Relay:
                                        retry_after_s=5) from None
                 rec.response_bytes = len(data)
                 await respond(send, resp.status, data, ctype.encode())
+                note_finished(self.state, model, rec.start, data, resp.status)
                 return resp.status
-            await self.stream(send, resp, replica, rec)
+            usage = await self.stream(send, resp, replica, rec)
+            note_finished(self.state, model, rec.start, usage, resp.status)
             return resp.status
         finally:
             resp.close()  # no-op once read; mid-stream (client gone) it drops the connection so the backend aborts
 
-    async def stream(self, send, resp, replica, rec) -> None:
+    async def stream(self, send, resp, replica, rec) -> bytes:
         model = replica.model
         m = self.metrics.per_model[model]
         await send({"type": "http.response.start", "status": resp.status,
@@ -133,7 +139,7 @@ class Relay:
                     rec.ttft_s = first - rec.start
                 events += chunk.count(b"data:")
                 size += len(chunk)
-                tail = (tail + chunk)[-32:]
+                tail = (tail + chunk)[-USAGE_TAIL_BYTES:]
                 if tail.rstrip().endswith(b"[DONE]"):
                     # the client's answer ends here: openai's client closes the connection on [DONE] without
                     # waiting for the chunked terminator, so waiting for the backend's would count it as gone
@@ -156,3 +162,4 @@ class Relay:
                 rec.tpot_s = (last - first) / (events - 2)
         rec.response_bytes, rec.stream_events = size, events
         await send({"type": "http.response.body", "body": final, "more_body": False})
+        return b"" if error else tail

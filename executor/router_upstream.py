@@ -30,7 +30,7 @@ class Upstream:
         self.sweeper: asyncio.Task | None = None
         self.probe_rounds = 0  # completed rounds of probes over all replicas (tests wait for the first)
         self.auth = f"Authorization: Bearer {state.backend_token}\r\n" if state.backend_token else ""
-        self.addr: dict[str, tuple[str, int]] = {}
+        self.addr: dict[str, tuple[str, int]] = _Addresses()  # replicas added by `deploy --update` resolve on first use
         self.heads: dict[tuple, bytes] = {}
         for reps in state.replicas.values():
             for r in reps:
@@ -133,3 +133,12 @@ class Upstream:
                     self.mark_down(r)
             self.probe_rounds += 1
             await asyncio.sleep(self.state.limits.probe_s)
+
+
+class _Addresses(dict):
+    """(host, port) per backend URL, parsed once."""
+
+    def __missing__(self, url: str) -> tuple[str, int]:
+        u = urlsplit(url)
+        self[url] = (u.hostname, u.port or 80)
+        return self[url]

@@ -48,6 +48,7 @@ class Running:
     spawned_at: float = 0.0
     unhealthy_since: float = 0.0
     problem: str = ""
+    retired: bool = False  # stopped on purpose by a rolling update
 
 
 def start_ticks(pid: int) -> int | None:
@@ -152,6 +153,8 @@ class Supervisor:
             changed = False
             now = time.monotonic()
             for r in self.running:
+                if r.retired:  # being stopped by a rolling update: never restart it
+                    continue
                 alive = r.proc is not None and r.proc.poll() is None
                 why = self.check(r) if alive else (r.problem or "not running")
                 healthy = why is None
@@ -176,6 +179,32 @@ class Supervisor:
                     changed = True
             if changed:
                 self.write_state()
+
+    def add(self, spec: ProcessSpec) -> bool:
+        """Start one more process (a rolling update's new one) and watch it from then on; True once it is healthy."""
+        r = Running(spec)
+        if not self._spawn(r):
+            return False
+        r.healthy = r.ever_healthy = self._wait_healthy(r, "[update]")
+        self.running = self.running + [r]  # a new list: the watcher iterates the old one safely
+        self.on_health(spec.name, r.healthy)
+        self.write_state()
+        return r.healthy
+
+    def remove(self, name: str, grace_s: float = 30.0) -> None:
+        """Stop one process (its whole group): SIGTERM lets it finish the requests it holds, SIGKILL after ``grace_s``."""
+        gone = [r for r in self.running if r.spec.name == name]
+        self.running = [r for r in self.running if r.spec.name != name]
+        for r in gone:
+            r.retired = True
+            _signal_group(r.proc, signal.SIGTERM)
+            try:
+                r.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(r.proc, signal.SIGKILL)
+            r.proc.wait()
+        self.write_state()
 
     def state_rows(self) -> list[dict]:
         """Per process: name, models, unit, pid (its guard, leading its process group), port, health, restarts, problem."""

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from muxplan.commands import deploy, models, plan, profile, simulate, solve, workload
+from muxplan.commands import deploy, models, plan, profile, replan, simulate, solve, workload
 from muxplan.files import InputError
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.add_typer(profile.app, name="profile")
 app.add_typer(plan.app, name="plan")
 app.command("solve")(solve.solve)
 app.command("simulate")(simulate.simulate)
+app.command("replan")(replan.replan)
 app.command("deploy")(deploy.deploy)
 app.command("status")(deploy.status)
 

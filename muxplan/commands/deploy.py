@@ -10,7 +10,7 @@ from muxplan.files import InputError
 
 
 def deploy(
-    plan: Annotated[Path, typer.Argument(help="plan.json from `muxplan solve`.")],
+    plan: Annotated[Optional[Path], typer.Argument(help="plan.json from `muxplan solve` (not with --update).")] = None,
     backend: Annotated[str, typer.Option(help="vllm or engine.")] = "vllm",
     dry_run: Annotated[bool, typer.Option(help="Print every process's environment and command, start nothing.")] = False,
     host: Annotated[str, typer.Option(help="Address the front door and backends bind to.")] = "127.0.0.1",
@@ -19,9 +19,17 @@ def deploy(
     gpu: Annotated[bool, typer.Option(help="Target GPU hosts (MPS, device UUIDs) even when planning on a CPU machine.")] = False,
     api_key: Annotated[Optional[str], typer.Option(envvar="MUXPLAN_API_KEY", help="Require this bearer key on /v1 routes.")] = None,
     ray: Annotated[Optional[str], typer.Option(help="Place units through Ray: 'local' or a cluster address.")] = None,
+    record: Annotated[Optional[Path], typer.Option(help="Write the served requests (no text) as trace segments DIR/trace-NNNN.json.")] = None,
+    update: Annotated[Optional[Path], typer.Option(help="Roll the deployment in --state-dir over to this plan (new processes first, then routing, then the old stop).")] = None,
+    allow_gap: Annotated[bool, typer.Option(help="With --update: accept a model without a replica while memory forces old processes to stop first.")] = False,
 ) -> None:
-    """Start the serving processes of a plan behind one OpenAI-compatible endpoint."""
+    """Start the serving processes of a plan behind one OpenAI-compatible endpoint (or --update a running one)."""
     import shutil
+
+    if update is not None:
+        return _update(update, state_dir, allow_gap)
+    if plan is None:
+        raise InputError("deploy: give a plan file (or --update PLAN for a running deployment)")
 
     from executor.launcher import build_processes, shell_script
     from profiler.plan_check import load_plan
@@ -41,7 +49,8 @@ def deploy(
         from executor.deployment import check_loadable, serve
 
         check_loadable(loaded, plan, backend)
-        serve(loaded, procs, state_dir, host, port, api_key, ray, backend, progress=lambda line: typer.echo(f"muxplan deploy: {line}"))
+        serve(loaded, procs, state_dir, host, port, api_key, ray, backend, progress=lambda line: typer.echo(f"muxplan deploy: {line}"),
+              record=record)
         return
     from muxplan.render import console
     from executor.render import processes_table
@@ -49,6 +58,30 @@ def deploy(
     con = console()
     con.print(processes_table(procs))
     typer.echo(shell_script(procs, state_dir, on_gpu))
+
+
+def _update(new_plan: Path, state_dir: Path, allow_gap: bool) -> None:
+    import json
+
+    from executor.supervisor import STATE_FILE, supervisor_alive
+    from executor.update import follow, request_update
+    from profiler.plan_check import load_plan
+
+    load_plan(new_plan, model_files_optional=True)  # every constraint, before the deployment sees it
+    path = state_dir / STATE_FILE
+    try:
+        alive = supervisor_alive(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        alive = False
+    if not alive:
+        raise InputError(f"{path}: no running deployment to update")
+    result = follow(state_dir, request_update(state_dir, new_plan, allow_gap), lambda line: typer.echo(f"muxplan deploy --update: {line}"))
+    if result["status"] == "refused":
+        raise InputError(result.get("message", "refused"))
+    if result["status"] != "done":
+        typer.echo(f"error: update {result['status']}: {result.get('message', '')}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"muxplan deploy --update: done; steps recorded in {state_dir / 'update.json'}")
 
 
 def status(
