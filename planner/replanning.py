@@ -70,7 +70,7 @@ def build_pool(demands, cluster, cost_model, scratch: Plan, complete: bool, opti
 def replan(current: Plan, workload: Workload, cost_model, cost_label: str = "", objective: str = "goodput",
            max_moves: int = 0, max_restarts: int | None = None, time_limit_s: float = 30.0, seed: int = 0,
            complete: bool | None = None, option_limit: int | None = None, curve: bool = True,
-           scratch: Plan | None = None) -> ReplanResult:
+           scratch: Plan | None = None, where: str = "workload") -> ReplanResult:
     """The best plan within the budget (planner.replan), the from-scratch plan beside it (``scratch`` when the caller
     already has it), the value per budget."""
     from planner.solve import run_solver
@@ -85,7 +85,7 @@ def replan(current: Plan, workload: Workload, cost_model, cost_label: str = "", 
     demands = demands_from_workload(workload)
     unknown = sorted({m.name for u in current.units for m in u.models} - {d.name for d in demands})
     if unknown:
-        raise InputError(f"workload: models: the plan serves {', '.join(unknown)}, which the workload does not name")
+        raise InputError(f"{where}: models: the plan serves {', '.join(unknown)}, which the workload does not name")
     temporal = all(n.gpu == TIME_SLICED_DEVICE for n in cluster.nodes)
     if scratch is None:
         scratch = run_solver("exact", workload, cluster, cost_model, cost_label, objective, time_limit_s / 2, seed)

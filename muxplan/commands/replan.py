@@ -39,7 +39,8 @@ def replan(
     current = load_plan(plan)
     cost = load_cost_model(profile, params)
     label = str(profile) if profile else (f"roofline:{params}" if params else "roofline:shipped")
-    result = run(current, w, cost, label, objective, max_moves, max_restarts, time_limit, seed, option_limit=options_per_model)
+    result = run(current, w, cost, label, objective, max_moves, max_restarts, time_limit, seed, option_limit=options_per_model,
+                 where=str(workload))
     problems = check_plan(result.plan, w)
     if problems:
         raise RuntimeError("internal error: the new plan violates constraints: " + "; ".join(problems))
