@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from muxplan.catalog import get_gpu
 from muxplan.files import InputError
 from muxplan.schema import Plan, SolverRecord, Workload
-from planner.migration import Migration, locations, migration, place_new_units, running_option
+from planner.migration import Migration, locations, migration, place_new_units
 from planner.placement import UnitChoice, build_plan, inputs_digest
 from planner.replan import Config, balance, candidate_options, enumerate_configs, location_space, solve_budgeted
 from planner.tables import demands_from_workload
@@ -31,15 +31,7 @@ class ReplanResult:
 
 
 def _configs_of(plan: Plan, demands, cost_model) -> list[Config]:
-    index = {d.name: i for i, d in enumerate(demands)}
-    out = []
-    for u in plan.units:
-        gpu = get_gpu(u.gpu, plan.cluster.gpus)
-        members = tuple((index[m.name], running_option(demands[index[m.name]], gpu, m.tp, m.decode_sm_pct, m.max_num_seqs,
-                                                         m.kv_bytes, cost_model)) for m in u.models if m.name in index)
-        if members:
-            out.append(Config(u.gpu, len(u.gpu_ids), members))
-    return out
+    return [Config(loc.gpu, len(loc.gpu_ids), loc.members) for loc in locations(plan, demands, cost_model) if loc.members]
 
 
 def _singles(demands, cluster, cost_model) -> list[Config]:
