@@ -8,7 +8,8 @@ bound and the smallest is kept. Pricing at the centre side damps the oscillation
 bound trail the LP value for many rounds. When no column priced at the smoothed point improves the restricted LP
 (reduced cost under the LP duals <= 0: a mispricing), the next round prices at the LP duals themselves (a = 0); a
 round at the LP duals whose exact pricing finds nothing proves the LP optimal. The loop also stops once the bound is
-within CG_GAP of the LP value (the rest cannot move the reported gap by more), or at the deadline.
+within CG_GAP of the LP value (the rest cannot move the reported gap by more), or once its budget (planner.budget:
+counted work, so the same inputs stop at the same round on any machine) is spent.
 
 Quick rounds come first: pricing rates only its most promising chunk (planner.pricing's ``chunks``), keeps runners-up,
 and skips the mesh sizes whose last pricing did not improve the LP except every REVISIT rounds; once a quick round
@@ -21,6 +22,8 @@ import os
 import sys
 import time
 
+from planner.master_lp import lp_work
+
 SMOOTHING = 0.5
 QUICK_SHARE = 0.5  # of the time: quick rounds stop then at the latest
 REVISIT = 4  # quick rounds price a mesh size whose last pricing did not help every REVISIT rounds
@@ -31,21 +34,23 @@ def reduced_cost(col, pi, mu) -> float:
     return sum(pi[i] * r for i, _, r in col.members) - mu[col.gpu] * col.mesh_size
 
 
-def column_generation(lp_fn, bound_fn, price_fn, cols: list, bound: float, deadline: float):
-    quick_until = time.perf_counter() + QUICK_SHARE * (deadline - time.perf_counter())
+def column_generation(lp_fn, bound_fn, price_fn, cols: list, bound: float, budget):
     """Grow ``cols`` in place. ``lp_fn(cols) -> (value, pi, mu)``; ``price_fn(pi, mu, cols, stalls) -> (new columns,
     slack, per_gpu, enumerated)`` (planner.exact._pricing_round; ``stalls`` counts rounds at the LP duals in a row whose
     unproven pricing found nothing); ``bound_fn(pi, mu, slack, per_gpu)`` the Lagrangian bound at (pi, mu). Returns
-    (LP value, best bound, converged: the bound is within CG_GAP of the LP value or the LP proven optimal)."""
+    (LP value, best bound, converged: the bound is within CG_GAP of the LP value or the LP proven optimal). ``budget``
+(planner.budget.Budget) is charged for the LPs here and for pricing by ``price_fn``."""
+    quick_until = budget.used_units + QUICK_SHARE * (budget.total_units - budget.used_units)
     center, retry, lp, start, stalls, quick = None, False, float("-inf"), time.perf_counter(), 0, True
     last_useful: dict = {}  # (GPU type, mesh size) -> the last round whose pricing there improved the LP
     rnd, everywhere = 0, True
-    while time.perf_counter() < deadline:
+    while not budget.exhausted():
         lp, pi_lp, mu_lp = lp_fn(cols)
+        budget.charge(lp_work(cols))
         a = 0.0 if center is None or retry or quick else SMOOTHING  # quick rounds want columns, not bounds
         pi = [a * c + (1 - a) * p for c, p in zip(center[0], pi_lp)] if a else list(pi_lp)
         mu = {t: a * center[1][t] + (1 - a) * m for t, m in mu_lp.items()} if a else dict(mu_lp)
-        if quick and time.perf_counter() > quick_until:  # leave exact rounds the time to prove a bound
+        if quick and budget.used_units > quick_until:  # leave exact rounds the time to prove a bound
             quick, center = False, None
         # quick rounds price only where pricing helped lately (or not for REVISIT rounds); a round that helps nowhere
         # is followed by one that prices everywhere
@@ -64,7 +69,7 @@ def column_generation(lp_fn, bound_fn, price_fn, cols: list, bound: float, deadl
         cols += new_cols
         if os.environ.get("MUXPLAN_DEBUG"):
             print(f"CG quick={quick} a={a} lp={lp:.4f} bound={bound:.4f} here={here:.4f} cols={len(cols)} new={len(new_cols)} "
-                  f"improving={len(improving)} skip={len(skip)} cpu={time.process_time():.2f} t={time.perf_counter() - start:.2f}", file=sys.stderr)
+                  f"improving={len(improving)} skip={len(skip)} work={budget.used_units:.0f} cpu={time.process_time():.2f} t={time.perf_counter() - start:.2f}", file=sys.stderr)
         if bound - lp <= CG_GAP * max(1e-9, abs(bound)):
             return lp, bound, True
         if everywhere:

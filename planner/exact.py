@@ -38,8 +38,9 @@ from dataclasses import dataclass
 from muxplan.catalog import get_gpu
 from muxplan.files import InputError
 from muxplan.schema import Cluster
+from planner.budget import Budget, as_budget
 from planner.colgen import column_generation
-from planner.master_lp import master_lp, min_gpu_lp
+from planner.master_lp import lp_work, master_lp, min_gpu_lp
 from planner.placement import UnitChoice
 from planner.pricing import Priced, price_enumerated
 from planner.pricing_milp import _highs, _price, quiet_stdout  # noqa: F401  (re-exported: master, master_lp, tests)
@@ -51,7 +52,8 @@ FILL_GAP = 0.015  # see solve_exact: column generation for packing stops once th
 FILL_SHARE = 0.3  # or when this share of the time limit has passed
 QUICK_CHUNKS = 1  # quick pricing rounds rate only the most promising chunk per unit size (planner.colgen)
 TOP = 8  # columns kept per pricing problem: the best unit and the runners-up the search rated anyway
-MASTER_SHARE = 0.9  # of the time left that the integer master may use (model building and plan output need the rest)
+MASTER_SHARE = 0.9  # of the budget left that the integer master may use (model building and plan output need the rest)
+WALL_NOTE = " (cut short by the wall-clock safety stop: not reproducible)"
 
 
 @dataclass(frozen=True)
@@ -128,24 +130,24 @@ def _column_floors(cols, pi) -> dict[tuple[str, int], float]:
     return floors
 
 
-def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen, exact=True, cols=(), quick=False, skip=(),
+def _pricing_round(demands, gpus, cost_model, pi, mu, budget, price_s, seen, exact=True, cols=(), quick=False, skip=(),
                    at_lp=False):
     """New columns with positive reduced cost (the best unit per mesh size and up to TOP - 1 runners-up, with their
     clones), per GPU type the best proven reduced cost per GPU and the best proven pricing value per GPU, and whether
-    every mesh size was priced exactly (planner.pricing)."""
+    every mesh size was priced exactly (planner.pricing). Pricing work is charged to ``budget``; ``price_s`` is what a
+MILP fallback may spend."""
     new_cols, slack, per_gpu = [], {t: 0.0 for t in gpus}, {t: 0.0 for t in gpus}
     enumerated = True
     floors = _column_floors(cols, pi)
     for t, (gpu, max_n) in gpus.items():
         n = 1
         while n <= max_n:
-            left = deadline - time.perf_counter()
             if (t, n) in skip:  # not priced this round (planner.colgen): no bound from it
                 slack[t] = per_gpu[t] = float("inf")
                 enumerated = False
                 n *= 2
                 continue
-            if left <= 0:
+            if budget.exhausted():
                 slack[t] = per_gpu[t] = float("inf")  # not priced: no bound from this round
                 enumerated = False
                 break
@@ -154,10 +156,12 @@ def _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s, seen, e
             floor = max(floors.get((t, n), 0.0), mu[t] * n if at_lp else 0.0)
             priced = price_enumerated(demands, gpu, n, cost_model, pi, TOL, floor=floor, top=TOP,
                                       chunks=QUICK_CHUNKS if quick else None)
+            if priced is not None:
+                budget.charge(priced.work)
             inexact = priced is not None and not priced.exact
             if exact and not quick and (priced is None or inexact and priced.value - mu[t] * n <= 1e-6):
                 # the search ran past its budget and found no improving column: the MILP, for a column or a proof
-                milp = _price(demands, gpu, n, cost_model, pi, min(left, price_s))
+                milp = _price(demands, gpu, n, cost_model, pi, budget.at_most(price_s))
                 if milp is not None and priced is not None:
                     milp = Priced(min(milp.dual_bound, priced.dual_bound), milp.value, milp.members, True)
                 priced = milp or priced
@@ -195,13 +199,16 @@ def cluster_gpus(cluster: Cluster):
 
 
 def solve_exact(
-    demands: list[Demand], cluster: Cluster, cost_model, objective: str = "throughput", time_limit_s: float = 30.0,
+    demands: list[Demand], cluster: Cluster, cost_model, objective: str = "throughput", budget: Budget | float = 30.0,
     seed: int = 0, backend: str = "highs", warm_start: list[UnitChoice] | None = None,
 ) -> ExactSolution:
-    """Column generation + integer master over the columns (see module docstring)."""
+    """Column generation + integer master over the columns (see module docstring), within ``budget`` (planner.budget:
+    counted work; a number is seconds of it)."""
     from planner.master import solve_master
 
     start = time.perf_counter()
+    budget = as_budget(budget)
+    time_limit_s = budget.left_s
     if cluster.num_gpus == 0 or not demands:
         raise InputError("nothing to plan: the cluster has no GPUs or the workload no models")
     gpus, counts = cluster_gpus(cluster)
@@ -211,7 +218,7 @@ def solve_exact(
     if not cols:
         raise InputError("no model fits on any mesh of this cluster (a model bigger than any node's memory?)")
     seen = {(c.gpu, c.mesh_size, tuple((i, o, round(r, 9)) for i, o, r in c.members)) for c in cols}
-    deadline, price_s = start + 0.7 * time_limit_s, max(0.25, time_limit_s / 20)
+    colgen_budget, price_s = budget.share(0.7), max(0.25, time_limit_s / 20)
 
     def bound_at(pi, mu, slack, per_gpu):  # the module docstring's two forms of the Lagrangian bound
         demand_part = sum(max(0.0, wi - p) * d.rate_rps for wi, p, d in zip(w, pi, demands))
@@ -220,28 +227,27 @@ def solve_exact(
 
     lp, bound, converged = column_generation(
         lambda c: master_lp(c, demands, w, counts, interior=True), bound_at,
-        lambda pi, mu, c, stalls, quick, skip, at_lp: _pricing_round(demands, gpus, cost_model, pi, mu, deadline, price_s * 3 ** stalls,
+        lambda pi, mu, c, stalls, quick, skip, at_lp: _pricing_round(demands, gpus, cost_model, pi, mu, colgen_budget, price_s * 3 ** stalls,
                                                                      seen, cols=c, quick=quick, skip=skip, at_lp=at_lp),
-        cols, sum(wi * d.rate_rps for wi, d in zip(w, demands)), deadline)  # the first bound: serving all demand
+        cols, sum(wi * d.rate_rps for wi, d in zip(w, demands)), colgen_budget)  # the first bound: serving all demand
 
-    remaining = max(0.5, MASTER_SHARE * (time_limit_s - (time.perf_counter() - start)))  # leave room to build the plan
-    value, units, status = solve_master(cols, demands, w, counts, objective, backend, remaining, seed)
+    value, units, status = solve_master(cols, demands, w, counts, objective, backend, budget.share(MASTER_SHARE), seed)
     if converged and objective in ("throughput", "weighted") and lp >= sum(wi * d.rate_rps for wi, d in zip(w, demands)) * (1 - 1e-9):
         # The LP serves all demand, so its duals (pi = 0 where served, mu = 0) say nothing about which units pack
         # well into whole GPUs, and the integer master may fall short. Generate GPU-efficient columns from the LP
         # that serves all demand on the fewest GPUs until the integer master is within FILL_GAP of the demand (or FILL_SHARE of the time is spent)
         # (the bound stays the total demand).
-        fill_until = min(deadline, start + FILL_SHARE * time_limit_s)
-        while value < bound * (1 - FILL_GAP) and time.perf_counter() < fill_until:
+        fill = budget.at_most(FILL_SHARE * time_limit_s)
+        while value < bound * (1 - FILL_GAP) and not fill.exhausted():
             duals = min_gpu_lp(cols, demands, counts)
             if duals is None:
                 break
-            new_cols = _pricing_round(demands, gpus, cost_model, duals[0], duals[1], deadline, price_s, seen, exact=False)[0]
+            fill.charge(lp_work(cols))
+            new_cols = _pricing_round(demands, gpus, cost_model, duals[0], duals[1], fill, price_s, seen, exact=False)[0]
             if not new_cols:
                 break
             cols += new_cols
-            remaining = max(0.5, min(MASTER_SHARE * (time_limit_s - (time.perf_counter() - start)), FILL_SHARE * time_limit_s))
-            found = solve_master(cols, demands, w, counts, objective, backend, remaining, seed)
+            found = solve_master(cols, demands, w, counts, objective, backend, fill.share(MASTER_SHARE), seed)
             if found[0] > value:
                 value, units, status = found
     if objective in ("fairness", "min-gpus"):
@@ -253,5 +259,7 @@ def solve_exact(
     # "optimal" only when proven; otherwise say what the integer master achieved over the generated columns
     label = "optimal" if finite and gap <= 1e-6 else f"within {gap:.2%} of the bound (integer master {status} over the generated columns)"
     if not converged:
-        label += " (column generation stopped at the time limit)"
+        label += " (column generation stopped at its work budget)"
+    if budget.wall_stopped:
+        label += WALL_NOTE
     return ExactSolution(tuple(units), value, bound_out, gap, label, time.perf_counter() - start, len(cols))

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 
 from muxplan.catalog import get_gpu
 from muxplan.schema import Cluster
+from planner.budget import Budget, as_budget
 from planner.estimator import SM_BUDGET_PCT, estimate_unit
 from planner.placement import UnitChoice, partitions
 from planner.tables import Demand, Option, model_options
@@ -35,6 +35,12 @@ class UnitConfigurator:
     def __init__(self, demands: list[Demand], cluster: Cluster, cost_model, temporal: bool = False):
         self.demands, self.cluster, self.cost_model, self.temporal = demands, cluster, cost_model, temporal
         self.cache: dict[tuple, tuple[float, tuple[tuple[int, Option, float], ...]] | None] = {}
+        self.charged = 0  # cache entries already charged to a budget (each is one unit evaluated)
+
+    def charge(self, budget: Budget) -> None:
+        """Charge ``budget`` for the units evaluated since the last charge."""
+        budget.charge(UNIT_WORK * (len(self.cache) - self.charged))
+        self.charged = len(self.cache)
 
     def configure(self, gpu_name: str, n: int, members: tuple[tuple[int, float], ...]):
         """(served rps, members with options) for the unit, or None when it cannot host them."""
@@ -85,6 +91,7 @@ class UnitConfigurator:
 
 
 MAX_COMBOS_PER_GROUP = 5000
+UNIT_WORK = 0.3  # planner.budget units per unit evaluated (bench/fit_work.py)
 
 
 def _group_combos(size: int, count: int):
@@ -112,26 +119,29 @@ def mesh_candidates(cluster: Cluster):
         yield tuple(sorted(itertools.chain(*pick), key=lambda m: -m[1]))
 
 
-def place_greedy(demands: list[Demand], cluster: Cluster, cost_model, time_limit_s: float = 60.0, temporal: bool = False) -> list[UnitChoice]:
-    """Best candidate's units (see module docstring)."""
-    start = time.perf_counter()
+def place_greedy(demands: list[Demand], cluster: Cluster, cost_model, budget: Budget | float = 60.0, temporal: bool = False) -> list[UnitChoice]:
+    """Best candidate's units (see module docstring) found within ``budget`` (planner.budget: units evaluated, so the
+    same inputs give the same plan on any machine; a number is seconds of it)."""
+    budget = as_budget(budget)
     conf = UnitConfigurator(demands, cluster, cost_model, temporal)
     order = sorted(range(len(demands)), key=lambda i: -demands[i].compute_per_s)
     best: tuple[float, list[UnitChoice]] = (-1.0, [])
     for meshes in mesh_candidates(cluster):
-        if time.perf_counter() - start > time_limit_s and best[1]:
+        if budget.exhausted() and best[1]:
             break
-        value, units = _fill(meshes, order, demands, conf, start + time_limit_s)
+        value, units = _fill(meshes, order, demands, conf, budget)
         if value > best[0] + 1e-9:
             best = (value, units)
+    conf.charge(budget)
     return best[1]
 
 
-def _fill(meshes, order, demands, conf, deadline: float) -> tuple[float, list[UnitChoice]]:
+def _fill(meshes, order, demands, conf, budget: Budget) -> tuple[float, list[UnitChoice]]:
     hosted: list[tuple[tuple[int, float], ...]] = [() for _ in meshes]
     scores = [0.0] * len(meshes)
     for i in order:
-        if time.perf_counter() > deadline:  # out of time: the remaining (colder) models stay unplaced
+        conf.charge(budget)
+        if budget.exhausted():  # out of budget: the remaining (colder) models stay unplaced
             break
         best_gain, best_k, best_score = 0.0, None, 0.0
         for k, (gpu, n) in enumerate(meshes):

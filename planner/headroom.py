@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import time
 
-from planner.exact import TOL, ExactSolution, _pricing_round, _single_columns, cluster_gpus
+from planner.budget import as_budget
+from planner.exact import MASTER_SHARE, TOL, WALL_NOTE, ExactSolution, _pricing_round, _single_columns, cluster_gpus
 from planner.colgen import column_generation
 from planner.master_lp import headroom_lp
 from planner.placement import UnitChoice
@@ -61,12 +62,15 @@ def route_demand(units: list[UnitChoice], demands: list[Demand]) -> list[UnitCho
     return out
 
 
-def solve_headroom(demands: list[Demand], cluster, cost_model, time_limit_s: float, seed: int = 0, backend: str = "highs",
+def solve_headroom(demands: list[Demand], cluster, cost_model, budget, seed: int = 0, backend: str = "highs",
                    warm_start: list[UnitChoice] | None = None) -> ExactSolution:
-    """Units serving every model's demand at the largest common scale found; value and bound in units of h."""
+    """Units serving every model's demand at the largest common scale found within ``budget`` (planner.budget, or
+    seconds of it); value and bound in units of h."""
     from planner.master import solve_master
 
     start = time.perf_counter()
+    budget = as_budget(budget)
+    time_limit_s = budget.left_s
     gpus, counts = cluster_gpus(cluster)
     active = [d for d in demands if d.rate_rps > 0]
     h_max = scale_bound(active, gpus, counts, cost_model) if active else 0.0
@@ -75,23 +79,24 @@ def solve_headroom(demands: list[Demand], cluster, cost_model, time_limit_s: flo
     scaled = [d.scaled(h_max) for d in demands]
     cols = list(warm_start or []) + _single_columns(scaled, gpus, cost_model)
     seen = {(c.gpu, c.mesh_size, tuple((i, o, round(r, 9)) for i, o, r in c.members)) for c in cols}
-    deadline, price_s = start + 0.7 * time_limit_s, max(0.25, time_limit_s / 20)
+    colgen_budget, price_s = budget.share(0.7), max(0.25, time_limit_s / 20)
 
     def bound_at(pi, mu, slack, per_gpu):  # the module docstring's two bounds
         return min(sum(mu[t] * counts[t] + counts[t] * max(0.0, slack[t]) for t in counts), sum(counts[t] * per_gpu[t] for t in counts))
 
     _, bound, converged = column_generation(
         lambda c: headroom_lp(c, scaled, counts), bound_at,
-        lambda pi, mu, c, stalls, quick, skip, at_lp: _pricing_round(scaled, gpus, cost_model, pi, mu, deadline, price_s * 3 ** stalls,
+        lambda pi, mu, c, stalls, quick, skip, at_lp: _pricing_round(scaled, gpus, cost_model, pi, mu, colgen_budget, price_s * 3 ** stalls,
                                                                      seen, cols=c, quick=quick, skip=skip, at_lp=at_lp),
-        cols, 1.0, deadline)
-    remaining = max(0.5, 0.9 * (time_limit_s - (time.perf_counter() - start)))
-    value, units, status = solve_master(cols, scaled, [1.0] * len(scaled), counts, "fairness", backend, remaining, seed)
+        cols, 1.0, colgen_budget)
+    value, units, status = solve_master(cols, scaled, [1.0] * len(scaled), counts, "fairness", backend, budget.share(MASTER_SHARE), seed)
     value = max(0.0, value)
     bound = max(bound, value)
     gap = (bound - value) / bound if bound > TOL else 0.0
     label = "optimal" if gap <= 1e-6 else f"within {gap:.2%} of the bound (integer master {status} over the generated columns)"
     if not converged:
-        label += " (column generation stopped at the time limit)"
+        label += " (column generation stopped at its work budget)"
+    if budget.wall_stopped:
+        label += WALL_NOTE
     return ExactSolution(tuple(route_demand(list(units), demands)), value * h_max, bound * h_max, gap, label,
                          time.perf_counter() - start, len(cols))

@@ -6,6 +6,13 @@ Fewest-GPUs LP:  min sum_c n_c lambda_c  s.t.  sum_c a_{c,i} lambda_c >= r_i, su
 """
 from __future__ import annotations
 
+LP_UNITS = (2.4, 0.0016)  # planner.budget units of one LP solve: per solve, per nonzero (bench/fit_work.py)
+
+
+def lp_work(cols) -> float:
+    """planner.budget units charged for an LP over these columns: a count, so the same columns cost the same anywhere."""
+    return LP_UNITS[0] + LP_UNITS[1] * sum(len(c.members) + 1 for c in cols)
+
 
 def _column_rows(cols, num_models: int, types: list[str]):
     """Sparse entries of -a_{c,i} (served rows) and n_c (GPU rows of the column's type), column by column."""

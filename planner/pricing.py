@@ -46,6 +46,11 @@ MAX_ROWS = 400_000  # rated (members, options) rows per pricing problem, likewis
 CHUNK = 64  # (set, split) pairs bounded and rated together
 ROW_BATCH = 32  # option vectors given the full search together
 LARGEST_CAP = {1: 90, 2: 90, 3: 50, 4: 30}
+# The search's work in planner.budget units (~ms of the reference core), from what it counts: per call; per
+# member-set row built; per bound call and row (relaxation + LP duality over pairs); per level-bound call and row;
+# per rating call, per row bounded and per row searched. Fitted by bench/fit_work.py.
+WORK_UNITS = np.array([2.16, 0.0043, 0.0, 0.0, 0.0, 0.054, 0.64, 0.0056, 7.18, 0.0039])
+CALL, SET_ROW, BOUND_CALL, BOUND_ROW, LEVEL_CALL, LEVEL_ROW, RATE_CALL, RATE_ROW, SEARCH_CALL, SEARCH_ROW = range(10)
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,12 @@ class Priced:
     members: tuple
     exact: bool
     more: tuple = ()
+    counts: tuple = ()  # what the search evaluated (WORK_UNITS' entries)
+
+    @property
+    def work(self) -> float:
+        """planner.budget units the search spent."""
+        return float(np.dot(self.counts, WORK_UNITS)) if self.counts else 0.0
 
 
 def _dominators(cand, group, w, reff):
@@ -127,7 +138,8 @@ def price_enumerated(demands, gpu, n, cost_model, pi, tol: float = 1e-9, floor: 
     r = np.array([float(demands[i].rate_rps) for i in cand])
     doms, tie_loss = _dominators(cand, group, w, np.minimum(r, tables.best_alone(90)[group]))
     found: dict[tuple, tuple[float, tuple]] = {}
-    state = {"rows": 0, "exact": True, "left": -np.inf, "best": -np.inf, "chunks": chunks}
+    state = {"rows": 0, "exact": True, "left": -np.inf, "best": -np.inf, "chunks": chunks, "counts": np.zeros(len(WORK_UNITS))}
+    state["counts"][CALL] = 1
 
     def threshold() -> float:
         return max(floor, state["best"])
@@ -144,6 +156,7 @@ def price_enumerated(demands, gpu, n, cost_model, pi, tol: float = 1e-9, floor: 
                 if rank[i] < rank[j]:
                     before[rank[j], rank[i]] = 1.0
         parts = _sets(a[order], light[order], tables.usable, k, threshold(), before)
+        state["counts"][SET_ROW] += MAX_PARTS if parts is None else len(parts)
         if parts is None:  # too many sets: bound them by the best k sum bounds
             state["exact"], state["left"] = False, max(state["left"], float(np.sort(a)[::-1][:k].sum()))
             continue
@@ -164,7 +177,7 @@ def price_enumerated(demands, gpu, n, cost_model, pi, tol: float = 1e-9, floor: 
     more = tuple(sorted((v for s, v in found.items() if s != best[0] and v[0] > floor), key=lambda v: -v[0]))[:max(0, top - 1)] if best else ()
     slack = 1e-9 * max(1.0, abs(value)) + tie_loss
     bound = max(value, floor, state["left"]) + slack
-    return Priced(bound, value, members, exact=state["exact"], more=more)
+    return Priced(bound, value, members, exact=state["exact"], more=more, counts=tuple(state["counts"]))
 
 
 def _search(tables, cand, group, w, r, sets, k, found, threshold, state):
@@ -172,9 +185,12 @@ def _search(tables, cand, group, w, r, sets, k, found, threshold, state):
     decreasing relaxation bound, in chunks; each chunk gets its level bounds and then its exact rating."""
     G, W, R = group[sets], w[sets], r[sets]
     pairs = []
+    counts = state["counts"]
     for split in SM_SPLITS[k]:
         cheap, (Rr, Q, D, pmax) = relaxed(tables, G, W, R, split)
         live = np.nonzero(cheap > threshold())[0]
+        counts[BOUND_CALL] += 1
+        counts[BOUND_ROW] += len(sets)
         if len(live):
             ub = dual_bound(W[live], Rr[live], Q[live], D[live], pmax[live])
             pairs += [(float(u), int(s), split) for u, s in zip(ub, live)]
@@ -187,6 +203,8 @@ def _search(tables, cand, group, w, r, sets, k, found, threshold, state):
             state["exact"], state["left"] = False, max(state["left"], chunk[0][0])
             return
         idx = np.array([p[1] for p in chunk])
+        counts[LEVEL_CALL] += 1
+        counts[LEVEL_ROW] += len(chunk)
         lv = levels(tables, G[idx], W[idx], R[idx], [p[2] for p in chunk])
         best = lv.reshape(len(chunk), -1).max(axis=1)
         leveled = [(float(u), p[1], p[2], lv[j]) for j, (u, p) in enumerate(zip(best, chunk)) if u > threshold()]
@@ -212,6 +230,9 @@ def _rate(tables, cand, group, w, r, sets, chunk, found, threshold, state):
     if not blocks:
         return
     state["rows"] += sum(len(v) for _, _, v in blocks)
+    counts = state["counts"]
+    counts[RATE_CALL] += 1
+    counts[RATE_ROW] += sum(len(v) for _, _, v in blocks)
 
     def stack(field):
         return np.concatenate([np.stack([tables.arr[s][field][v[:, c]] for c, s in enumerate(sig)], axis=1) for _, sig, v in blocks])
@@ -233,6 +254,8 @@ def _rate(tables, cand, group, w, r, sets, chunk, found, threshold, state):
         rows = rows[ub[rows] > max(threshold(), values.max() if state["chunks"] is None else -np.inf)]
         if not len(rows):
             break
+        counts[SEARCH_CALL] += 1
+        counts[SEARCH_ROW] += len(rows)
         values[rows], xs[rows] = best_rates(W[rows], R[rows], Q[rows], D[rows], pmax[rows])
     offset = 0
     for m, sig, v in blocks:

@@ -59,10 +59,15 @@ def _dominance_pairs(demands, cand, pi):
     return pairs
 
 
-def _price(demands, gpu, n, cost_model, pi, time_limit_s) -> Priced | None:
-    """Best unit of mesh size n for duals pi by the MILP (its dual bound proven), or None when no option fits."""
+def _price(demands, gpu, n, cost_model, pi, budget) -> Priced | None:
+    """Best unit of mesh size n for duals pi by the MILP (its dual bound proven, unless its node limit from ``budget``,
+    planner.budget, stops it first), or None when no option fits."""
+    from planner.budget import as_budget
+    from planner.master import mip_work, node_limit
+
+    budget = as_budget(budget)
     h = _highs()
-    h.setOptionValue("time_limit", max(0.05, time_limit_s))
+    h.setOptionValue("time_limit", max(0.05, budget.wall_left_s))  # the safety stop only
     h.setOptionValue("mip_rel_gap", 1e-6)
     h.setOptionValue("presolve", "off")  # HiGHS presolve (probing) costs more than it saves on this small model
     usable = usable_bytes(gpu)
@@ -105,8 +110,11 @@ def _price(demands, gpu, n, cost_model, pi, time_limit_s) -> Priced | None:
         h.addConstr(sum(weight(opts[key]) * opts[key].decode_s_per_req * xs[key] for key in opts) + prefill <= UTIL_CAP)
     for j, i in _dominance_pairs(demands, [i for i in cand if mine[i]], pi):
         h.addConstr(sum(ys[key] for key in mine[j]) - sum(ys[key] for key in mine[i]) <= 0)
+    nnz = 12 * len(opts)  # about the nonzeros per option above
+    h.setOptionValue("mip_max_nodes", node_limit(budget, nnz))
     h.maximize(sum(pi[key[0]] * xs[key] for key in opts))
     info = h.getInfo()
+    budget.charge(mip_work(nnz, info.mip_node_count, info.simplex_iteration_count))
     bound = info.mip_dual_bound if info.mip_dual_bound == info.mip_dual_bound else float("inf")
     if info.primal_solution_status != 2:  # no feasible solution within the time limit
         return Priced(bound, float("-inf"), (), exact=True)

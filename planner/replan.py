@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 
 from muxplan.catalog import get_gpu
+from planner.budget import Budget, as_budget
 from planner.estimator import SM_BUDGET_PCT, UTIL_CAP, prefill_limit, stall_costs, unit_problems
 from planner.migration import Location, aligned_blocks
 from planner.tables import Demand, Option, model_options
@@ -161,15 +162,17 @@ def _unit_rows(h, demands, gpu, cfg: Config, y, temporal: bool, demand_scale: fl
 
 
 def solve_budgeted(demands: list[Demand], cluster, locs: list[Location], pool: list[Config], cost_model, objective: str,
-                   max_moves: int, max_restarts: int, time_limit_s: float, temporal: bool = False,
+                   max_moves: int, max_restarts: int, budget, temporal: bool = False,
                    location_configs: dict[int, list[Config]] | None = None, focus: set[int] | None = None) -> Budgeted:
     """The MILP of the module docstring over ``pool`` (new units) and, per location, its neighbours plus the pool's
-    configurations of its GPU type and mesh size (``location_configs`` overrides the neighbours)."""
+    configurations of its GPU type and mesh size (``location_configs`` overrides the neighbours), within ``budget``
+    (planner.budget: a node limit, so the answer does not depend on the machine's load; or seconds of it)."""
     from planner.exact import _highs
 
     start = time.perf_counter()
+    budget = as_budget(budget)
     h = _highs()
-    h.setOptionValue("time_limit", max(3.0, time_limit_s))
+    h.setOptionValue("time_limit", max(3.0, budget.wall_left_s))  # the safety stop only
     h.setOptionValue("mip_rel_gap", 1e-6)
     total = sum(d.rate_rps for d in demands) or 1.0
     w = [d.rate_rps / total if objective == "weighted" else 1.0 for d in demands]
@@ -223,14 +226,18 @@ def solve_budgeted(demands: list[Demand], cluster, locs: list[Location], pool: l
     else:
         goal = sum(wi * si for wi, si in zip(w, s)) - penalty
     _warm_start(h, [zs[0] for zs in vacated.values() if zs])
+    from planner.master import mip_work, node_limit
+
+    h.setOptionValue("mip_max_nodes", node_limit(budget, h.getNumNz()))
     h.maximize(goal)
     info = h.getInfo()
+    budget.charge(mip_work(h.getNumNz(), info.mip_node_count, info.simplex_iteration_count))
     if info.primal_solution_status != 2:
         if max_moves == 0 and max_restarts == 0:
             raise RuntimeError("replan: no feasible solution within the time limit (keeping the current plan is always feasible)")
         # nothing found in time: the current plan re-tuned is the answer HiGHS always finds (few free binaries)
-        kept = solve_budgeted(demands, cluster, locs, [], cost_model, objective, 0, 0, time_limit_s, temporal, location_configs, focus)
-        return Budgeted(kept.units, kept.value, info.mip_dual_bound, 0, 0, "no better plan found within the time limit",
+        kept = solve_budgeted(demands, cluster, locs, [], cost_model, objective, 0, 0, Budget(3.0, budget), temporal, location_configs, focus)
+        return Budgeted(kept.units, kept.value, info.mip_dual_bound, 0, 0, "no better plan found within the work budget",
                         time.perf_counter() - start)
     chosen = []
     for u, cfg, y, xs in columns:
@@ -244,7 +251,7 @@ def solve_budgeted(demands: list[Demand], cluster, locs: list[Location], pool: l
     n_restarts = sum(len(old - kept.get(u, set())) for u, old in old_sets.items())
     value = h.val(t) if objective == "fairness" else sum(wi * h.val(si) for wi, si in zip(w, s))
     bound = info.mip_dual_bound + (EPS_MOVE * total * (max_moves + max_restarts) if objective != "fairness" else 1e-3)
-    status = "optimal" if info.mip_gap <= 1e-6 else f"MILP gap {info.mip_gap:.2%} at the time limit"
+    status = "optimal" if info.mip_gap <= 1e-6 else f"MILP gap {info.mip_gap:.2%} at the work budget"
     return Budgeted(tuple(chosen), value, bound, n_moves, n_restarts, status, time.perf_counter() - start)
 
 

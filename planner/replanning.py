@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from muxplan.catalog import get_gpu
 from muxplan.files import InputError
 from muxplan.schema import Plan, SolverRecord, Workload
+from planner.budget import Budget
 from planner.migration import Migration, locations, migration, place_new_units
 from planner.placement import UnitChoice, build_plan, inputs_digest
 from planner.replan import Config, balance, candidate_options, enumerate_configs, location_space, solve_budgeted
@@ -73,6 +74,7 @@ def replan(current: Plan, workload: Workload, cost_model, cost_label: str = "", 
         raise InputError("--max-moves/--max-restarts: must be >= 0")
     restarts = max_moves if max_restarts is None else max_restarts  # each move may stop one running process
     start = time.perf_counter()
+    budget = Budget(time_limit_s)
     cluster = current.cluster
     demands = demands_from_workload(workload)
     unknown = sorted({m.name for u in current.units for m in u.models} - {d.name for d in demands})
@@ -80,12 +82,13 @@ def replan(current: Plan, workload: Workload, cost_model, cost_label: str = "", 
         raise InputError(f"{where}: models: the plan serves {', '.join(unknown)}, which the workload does not name")
     temporal = all(n.gpu == TIME_SLICED_DEVICE for n in cluster.nodes)
     if scratch is None:
-        scratch = run_solver("exact", workload, cluster, cost_model, cost_label, objective, time_limit_s / 2, seed)
+        scratch = run_solver("exact", workload, cluster, cost_model, cost_label, objective, time_limit_s / 2, seed,
+                             budget=budget.share(0.5))
     if complete is None:
         complete = option_limit is not None and len(demands) <= COMPLETE_MAX_MODELS and cluster.num_gpus <= COMPLETE_MAX_GPUS
     locs = locations(current, demands, cost_model)
     pool = build_pool(demands, cluster, cost_model, scratch, complete, option_limit, temporal)
-    left = max(1.0, time_limit_s - (time.perf_counter() - start))
+    left = max(1.0, budget.left_s)
     budgets = sorted({round(k * max_moves / (CURVE_POINTS - 1)) for k in range(CURVE_POINTS)} - {max_moves}) if curve and max_moves else []
     share = left / (1 + 0.5 * len(budgets))
     spaces = None
@@ -96,7 +99,8 @@ def replan(current: Plan, workload: Workload, cost_model, cost_label: str = "", 
     focus = None if complete else _short(current, demands)
 
     def solve(k, r, limit_s):
-        return solve_budgeted(demands, cluster, locs, pool, cost_model, _master_objective(objective), k, r, limit_s, temporal, spaces, focus)
+        return solve_budgeted(demands, cluster, locs, pool, cost_model, _master_objective(objective), k, r, Budget(limit_s, budget),
+                              temporal, spaces, focus)
 
     sol = solve(max_moves, restarts, share)
     points = [(k, solve(k, min(k, restarts), share / 2).value) for k in budgets]

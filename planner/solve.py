@@ -5,7 +5,8 @@ import time
 
 from muxplan.files import InputError
 from muxplan.schema import Cluster, Considered, Plan, SolverRecord, Workload
-from planner.exact import ExactSolution
+from planner.budget import Budget
+from planner.exact import WALL_NOTE, ExactSolution
 from planner.placement import build_plan, inputs_digest
 from planner.tables import demands_from_workload
 from profiler.plan_check import TIME_SLICED_DEVICE
@@ -17,11 +18,12 @@ HEADROOM_TRY = 0.95  # goodput tries the headroom plan only when the served-rate
 
 
 def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, cost_label: str = "", objective: str = "goodput",
-               time_limit_s: float = 30.0, seed: int = 0, backend: str = "highs", greedy_units=None, spent_s: float = 0.0,
-               corrections: dict[str, float] | None = None) -> Plan:
-    """One solver's plan. ``time_limit_s`` bounds the wall time including the greedy warm start of exact:
-    ``spent_s`` is what the caller already spent on it (when it passes ``greedy_units``). ``corrections`` scale the
-    SLO the unit model plans for, per model (planner.verify's closed loop); the plan is still judged on the real SLO."""
+               time_limit_s: float = 30.0, seed: int = 0, backend: str = "highs", greedy_units=None,
+               corrections: dict[str, float] | None = None, budget: Budget | None = None) -> Plan:
+    """One solver's plan within ``budget`` (planner.budget: counted work, reproducible on any machine), by default
+    ``time_limit_s`` seconds of it; a caller that computed ``greedy_units`` charged them to the budget it passes.
+    ``corrections`` scale the SLO the unit model plans for, per model (planner.verify's closed loop); the plan is
+    still judged on the real SLO."""
     from planner.baselines import place_spatial
     from planner.exact import solve_exact
     from planner.greedy import place_greedy
@@ -34,28 +36,29 @@ def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, co
         raise InputError("cluster: no GPUs")
     demands = [_corrected(d, (corrections or {}).get(d.name, 1.0)) for d in demands_from_workload(workload)]
     start = time.perf_counter()
+    budget = budget if budget is not None else Budget(time_limit_s)
     value = bound = gap = None
     status = "heuristic"
     headroom = None
     time_sliced = all(node.gpu == TIME_SLICED_DEVICE for node in cluster.nodes)
     if method == "exact" and time_sliced:
         # no SM partitions: jobs run in turn whatever their shares, so the multiplexed unit model does not apply
-        units = place_greedy(demands, cluster, cost_model, time_limit_s, temporal=True)
+        units = place_greedy(demands, cluster, cost_model, budget, temporal=True)
         status = "time-sliced device (no SM partitions): jobs run in turn; temporal placement, no bound"
     elif method == "exact":
         # the greedy plan warm-starts the master when it was computed anyway (solve_and_compare with a comparison); on
-        # its own it would take a third of the time limit (wall-clock bound, so not deterministic) for columns that
-        # column generation finds in a few rounds
+        # its own it would take a third of the budget for columns that column generation finds in a few rounds
         warm = greedy_units if greedy_units is not None else []
-        left = time_limit_s - spent_s - (time.perf_counter() - start)
-        sol, headroom = _solve_exact_objective(demands, cluster, cost_model, objective, max(1.0, left), seed, backend, warm)
+        sol, headroom = _solve_exact_objective(demands, cluster, cost_model, objective, budget, seed, backend, warm)
         units, value, status = list(sol.units), sol.value, sol.status
         bound = None if sol.bound != sol.bound or sol.bound == float("inf") else sol.bound
         gap = None if sol.gap != sol.gap else sol.gap
     elif method == "spatial":
         units = place_spatial(demands, cluster, cost_model)
     else:
-        units = greedy_units if greedy_units is not None and method == "greedy" else place_greedy(demands, cluster, cost_model, time_limit_s, temporal=method == "temporal")
+        units = greedy_units if greedy_units is not None and method == "greedy" else place_greedy(demands, cluster, cost_model, budget, temporal=method == "temporal")
+    if budget.wall_stopped and WALL_NOTE not in status:
+        status += WALL_NOTE
     seconds = time.perf_counter() - start
     if not units:
         raise InputError("no model fits on any mesh of this cluster (is a model bigger than any node's memory?)")
@@ -77,26 +80,25 @@ def _corrected(demand, factor: float):
     return replace(demand, slo_scale=demand.slo_scale * factor, tpot_target_s=target)
 
 
-def _solve_exact_objective(demands, cluster, cost_model, objective, time_limit_s, seed, backend, warm):
+def _solve_exact_objective(demands, cluster, cost_model, objective, budget, seed, backend, warm):
     """(ExactSolution in the objective's units, proven headroom scale or None). ``goodput`` maximises requests served
     within SLO; once all demand is, the GPUs left raise the headroom (the plan of the largest common scale)."""
     from planner.exact import solve_exact
     from planner.headroom import solve_headroom
 
-    start = time.perf_counter()
     if objective == "headroom":
-        sol = solve_headroom(demands, cluster, cost_model, time_limit_s, seed, backend, warm)
+        sol = solve_headroom(demands, cluster, cost_model, budget, seed, backend, warm)
         return sol, sol.value
     # goodput: column generation stops once converged (fast when all demand fits), and only then does the headroom
     # stage need time; when demand exceeds capacity the whole budget goes to proving the served rate
-    sol = solve_exact(demands, cluster, cost_model, "throughput" if objective == "goodput" else objective, time_limit_s, seed,
+    sol = solve_exact(demands, cluster, cost_model, "throughput" if objective == "goodput" else objective, budget, seed,
                       backend, warm)
     total = sum(d.rate_rps for d in demands)
     if objective != "goodput" or sol.bound < ALL_SERVED * total or sol.value < HEADROOM_TRY * total:
         return sol, None  # headroom plans serve every model in proportion: far short of all demand they cannot win
     # all demand may fit: the plan of the largest common scale serves it with the most room, when it serves as much
-    left = time_limit_s - (time.perf_counter() - start)
-    room = solve_headroom(demands, cluster, cost_model, max(1.0, left), seed, backend, list(warm) + list(sol.units))
+    room = solve_headroom(demands, cluster, cost_model, budget.share(1.0) if budget.left_s >= 1.0 else Budget(1.0, budget),
+                          seed, backend, list(warm) + list(sol.units))
     goodput = sum(m.rate_rps for u in room.units for m in u.members)
     if goodput < sol.value * (1 - 1e-9):
         return sol, None
@@ -116,21 +118,21 @@ def solve_and_compare(chosen: str, workload: Workload, cluster: Cluster, cost_mo
 
     demands = demands_from_workload(workload)
     start = time.perf_counter()
-    greedy_units = place_greedy(demands, cluster, cost_model, time_limit_s / 3) if chosen == "greedy" or compare else None
+    exact_budget = Budget(time_limit_s)  # the greedy warm start counts against exact's budget
+    greedy_units = place_greedy(demands, cluster, cost_model, exact_budget.share(1 / 3)) if chosen == "greedy" or compare else None
     greedy_s = time.perf_counter() - start
     methods = SOLVERS if compare else (chosen,)
 
     def solve(m):
-        spent = greedy_s if m == "exact" and greedy_units is not None else 0.0
         if m != "exact" or not verify:
             return run_solver(m, workload, cluster, cost_model, cost_label, objective if m == "exact" else "goodput",
-                              time_limit_s, seed, backend, greedy_units, spent)
+                              time_limit_s, seed, backend, greedy_units, budget=exact_budget if m == "exact" else None)
         from planner.verify import solve_verified
 
         # a corrected round must not warm-start from the greedy units: their options carry the uncorrected TPOT limits
-        return solve_verified(lambda limit, fix: run_solver(m, workload, cluster, cost_model, cost_label, objective, limit, seed,
-                                                            backend, [] if fix else greedy_units, 0.0, fix),
-                              workload, cost_model, time_limit_s - spent, seed)
+        return solve_verified(lambda limit, fix: run_solver(m, workload, cluster, cost_model, cost_label, objective, time_limit_s, seed,
+                                                            backend, [] if fix else greedy_units, fix, budget=limit),
+                              workload, cost_model, exact_budget, seed)
 
     plans = {m: solve(m) for m in methods}
     if "greedy" in plans:  # its units were computed once above and shared as the exact warm start

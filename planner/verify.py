@@ -8,9 +8,8 @@ second), then headroom; it records its simulated check next to its predictions.
 """
 from __future__ import annotations
 
-import time
-
 from muxplan.schema import ModelCheck, Plan, SimCheck, Workload
+from planner.budget import Budget, as_budget
 from planner.sim.engine import run_table
 from planner.sim.evaluate import policy_for
 from planner.sim.metrics import Summary, summarize
@@ -20,6 +19,7 @@ MISS = 0.01
 TARGET = 0.99
 TIGHTEN = 0.85
 MAX_ROUNDS = 3
+SIM_UNITS_PER_REQUEST = 0.08  # planner.budget units a simulated request costs (bench/fit_work.py)
 
 
 def simulated_check(plan: Plan, workload: Workload, cost_model, seed: int = 0, rounds: int = 1, table=None) -> tuple[SimCheck, Summary]:
@@ -59,28 +59,29 @@ def missed(check: SimCheck) -> list[str]:
     return out
 
 
-def solve_verified(solve, workload: Workload, cost_model, time_limit_s: float, seed: int = 0) -> Plan:
-    """``solve(time_limit_s, corrections) -> Plan``, run in rounds of the closed loop (module docstring)."""
+def solve_verified(solve, workload: Workload, cost_model, budget: Budget | float, seed: int = 0) -> Plan:
+    """``solve(budget, corrections) -> Plan``, run in rounds of the closed loop (module docstring) within ``budget``
+    (planner.budget: the simulations are charged per request replayed, so the rounds run are the same on any machine)."""
     from muxplan.catalog import get_model
 
-    start = time.perf_counter()
+    budget = as_budget(budget)
     table = build_request_table(workload)
     arch = {m.name: get_model(m.model).name for m in workload.models}
     corrections: dict[str, float] = {}
     best, best_key, rounds = None, None, 0
     while rounds < MAX_ROUNDS:
-        left = time_limit_s - (time.perf_counter() - start)
-        round_start = time.perf_counter()
-        plan = solve(max(1.0, left * (0.8 if rounds == 0 else 0.85)), dict(corrections))
+        before = budget.used_units
+        share = 0.8 if rounds == 0 else 0.85
+        plan = solve(budget.share(share) if budget.left_s * share >= 1.0 else Budget(1.0, budget), dict(corrections))
         rounds += 1
         check, _ = simulated_check(plan, workload, cost_model, seed, rounds, table)
+        budget.charge(SIM_UNITS_PER_REQUEST * table.num_requests)
         plan = plan.model_copy(update={"check": check})
         key = (round(check.simulated_goodput_rps, 6), plan.solver.headroom or 0.0)
         if best is None or key > best_key:
             best, best_key = plan, key
         bad = missed(check)
-        spent = time.perf_counter() - round_start
-        if not bad or time.perf_counter() - start + spent > time_limit_s:
+        if not bad or budget.used_units - before > budget.total_units - budget.used_units:  # another round would not fit
             break
         for name in {arch[b] for b in bad}:
             for m, a in arch.items():

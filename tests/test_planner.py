@@ -123,7 +123,7 @@ def test_exact_matches_brute_force_and_backends_agree():
     expected = brute_force(demands, cluster, CM)
     values = {}
     for backend in ("highs", "cbc", "cpsat"):
-        sol = solve_exact(demands, cluster, CM, time_limit_s=30, backend=backend)
+        sol = solve_exact(demands, cluster, CM, budget=30, backend=backend)
         assert sol.bound >= sol.value - 1e-6
         values[backend] = sol.value
         plan = build_plan(cluster, demands, list(sol.units), SolverRecord(method="exact", objective="throughput", value=sol.value))

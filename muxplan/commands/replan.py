@@ -16,7 +16,7 @@ def replan(
     objective: Annotated[str, typer.Option(help="goodput, throughput, weighted or fairness.")] = "goodput",
     profile: Annotated[Optional[Path], typer.Option(help="Measured profile file or directory (else the analytic model).")] = None,
     params: Annotated[Optional[Path], typer.Option(help="Fitted roofline parameters (JSON).")] = None,
-    time_limit: Annotated[float, typer.Option(help="Seconds for the from-scratch solve and the budgeted MILP together.")] = 30.0,
+    time_limit: Annotated[float, typer.Option(help="Budget in seconds of counted work for the from-scratch solve and the budgeted MILP together.")] = 30.0,
     options_per_model: Annotated[Optional[int], typer.Option(help="Cut each option table to this many fastest + smallest options; small instances then get every configuration (a proven budgeted optimum).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Where to write the new plan.")] = None,

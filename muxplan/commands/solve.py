@@ -15,7 +15,7 @@ def solve(
     objective: Annotated[str, typer.Option(help="goodput (req/s within SLO, then headroom), headroom, min-gpus, throughput, weighted or fairness.")] = "goodput",
     profile: Annotated[Optional[Path], typer.Option(help="Measured profile file or directory (else the analytic model).")] = None,
     params: Annotated[Optional[Path], typer.Option(help="Fitted roofline parameters (JSON).")] = None,
-    time_limit: Annotated[float, typer.Option(help="Seconds the exact solver may spend.")] = 30.0,
+    time_limit: Annotated[float, typer.Option(help="Solver budget in seconds of counted work (about wall seconds on the reference machine; the same plan on a busy one).")] = 30.0,
     seed: Annotated[int, typer.Option(help="Random seed (solvers are deterministic given it).")] = 0,
     backend: Annotated[str, typer.Option(help="Integer master back-end: highs, cbc or cpsat.")] = "highs",
     compare: Annotated[bool, typer.Option(help="Also run the other solvers for the 'considered' table.")] = True,

@@ -1,0 +1,84 @@
+"""Deterministic budgets: counted work decides every stop, so a busy machine gets the same plan as a quiet one."""
+import threading
+import time
+
+import pytest
+
+import planner.budget as budget_mod
+from bench.paper_plans import PAPER_COUNTS
+from muxplan.cluster import load_cluster
+from muxplan.workload import synthesize
+from planner.budget import WORK_PER_S, Budget, as_budget
+from planner.exact import WALL_NOTE
+from planner.solve import run_solver
+from profiler.cost_model import load_cost_model
+
+CM = load_cost_model()
+
+
+def test_charges_reach_every_parent_and_shares_are_of_what_is_left():
+    root = Budget(10.0)
+    assert root.total_units == 10.0 * WORK_PER_S and root.left_s == 10.0
+    root.charge(2000.0)
+    child = root.share(0.5)  # half of the 8 s left
+    assert child.total_units == 4000.0
+    grandchild = child.at_most(1.0)
+    grandchild.charge(600.0)
+    assert (grandchild.used_units, child.used_units, root.used_units) == (600.0, 600.0, 2600.0)
+    assert child.left_s == pytest.approx(3.4) and root.left_s == pytest.approx(7.4)
+    assert child.at_most(100.0).total_units == 3400.0  # never more than the parent has left
+    grandchild.charge(400.0)
+    assert grandchild.exhausted() and not child.exhausted() and not root.exhausted()
+    assert grandchild.wall_deadline == root.wall_deadline  # one safety stop for the whole solve
+    assert as_budget(root) is root and as_budget(3).total_units == 3000.0
+
+
+def test_the_wall_clock_safety_stop_is_recorded_up_the_tree(monkeypatch):
+    monkeypatch.setattr(budget_mod, "SAFETY", 0.0)
+    root = Budget(5.0)
+    child = root.share(0.5)
+    time.sleep(0.01)
+    assert child.exhausted() and child.wall_stopped and root.wall_stopped
+    assert not Budget(5.0, None).wall_stopped
+
+
+def _loaded_instance():
+    return synthesize(PAPER_COUNTS, 0.9, top_rate=40.0, duration_s=60, seed=1, order="shuffled")
+
+
+def _burn(stop: threading.Event) -> None:
+    x = 0
+    while not stop.is_set():  # holds the GIL half the time: the solver runs about 2x slower
+        x += 1
+
+
+def test_a_solve_stopped_by_its_budget_gives_the_same_plan_on_a_busy_machine(monkeypatch):
+    monkeypatch.setattr(budget_mod, "SAFETY", 50.0)  # this test is about counted work, not the safety stop
+    wl, cluster = _loaded_instance(), load_cluster("4x8xA100-80GB")
+
+    def solve():
+        t = time.perf_counter()
+        plan = run_solver("exact", wl, cluster, CM, objective="goodput", time_limit_s=1.5)
+        return plan, time.perf_counter() - t
+
+    quiet, quiet_s = solve()
+    stop = threading.Event()
+    burner = threading.Thread(target=_burn, args=(stop,), daemon=True)
+    burner.start()
+    try:
+        busy, busy_s = solve()
+    finally:
+        stop.set()
+        burner.join()
+    # the budget, not convergence, stopped it: a loaded shuffled instance needs far more than 1.5 s of work
+    assert "stopped at its work budget" in quiet.solver.status and WALL_NOTE not in quiet.solver.status
+    assert busy_s > 1.3 * quiet_s  # the machine really was busier
+    assert busy.solver.value == quiet.solver.value and busy.solver.bound == quiet.solver.bound
+    assert busy.solver.status == quiet.solver.status
+    assert [u.model_dump() for u in busy.units] == [u.model_dump() for u in quiet.units]
+
+
+def test_a_solve_cut_by_the_wall_clock_says_so(monkeypatch):
+    monkeypatch.setattr(budget_mod, "SAFETY", 0.05)
+    plan = run_solver("exact", _loaded_instance(), load_cluster("4x8xA100-80GB"), CM, objective="goodput", time_limit_s=2.0)
+    assert plan.solver.status.endswith(WALL_NOTE) and plan.units
