@@ -294,6 +294,9 @@ class Considered(Record):
     chosen: bool = False
     simulated_slo_attainment: float | None = None
     simulated_goodput_rps: float | None = None
+    predicted_max_rate_scale: float | None = None
+    simulated_max_rate_scale: float | None = Field(default=None, description="highest rate scale simulated at 99% within SLO "
+                                                   "(a coarse search: MAX_RATE_STEPS bisections)")
     max_rate_scale: float | None = Field(default=None, description="simulated highest rate scale with 99% within SLO")
 
 
@@ -312,6 +315,8 @@ class Plan(Contract):
     considered: list[Considered] = Field(default_factory=list)
     predicted_slo_attainment: float | None = Field(default=None, ge=0, le=1)
     predicted_goodput_rps: float | None = Field(default=None, ge=0, description="req/s predicted to meet the SLO")
+    predicted_max_rate_scale: float | None = Field(default=None, ge=0, description="largest rate scale (the workload's requests "
+                                                   "replayed faster) the latency model predicts 99% within SLO at")
     check: SimCheck | None = None
 
 

@@ -16,7 +16,9 @@ def headline(plan: Plan) -> str:
             f"GPUs used {plan.num_gpus_used} / {plan.cluster.num_gpus}, value {s.value:.3f}, bound {bound}, gap {gap}, "
             f"{s.seconds:.2f} s, status {s.status}")
     if plan.predicted_goodput_rps is not None:
-        room = f", headroom x{s.headroom:.3f}" if s.headroom is not None else ""
+        room = f", headroom x{s.headroom:.3f} (capacity)" if s.headroom is not None else ""
+        if plan.predicted_max_rate_scale is not None:
+            room += f", max rate x{plan.predicted_max_rate_scale:.2f} at 99% within SLO"
         line += (f"\npredicted: goodput {plan.predicted_goodput_rps:.2f} req/s within SLO, SLO attainment "
                  f"{100 * (plan.predicted_slo_attainment or 0):.2f}%{room}")
     if plan.check is not None:
@@ -68,13 +70,17 @@ def unserved_table(plan: Plan) -> Table:
 
 def considered_table(plan: Plan) -> Table:
     table = Table(title="Solvers considered (predicted by the unit model, judged by simulation)")
-    for col in ("solver", "predicted req/s", "GPUs used", "seconds", "gap", "simulated SLO %", "simulated goodput req/s", "chosen"):
+    for col in ("solver", "predicted req/s", "GPUs used", "seconds", "gap", "simulated SLO %", "simulated goodput req/s",
+                "max rate x at 99% pred / sim", "chosen"):
         table.add_column(col, justify="left" if col == "solver" else "right")
     for c in plan.considered:
+        rate = "-" if c.predicted_max_rate_scale is None and c.simulated_max_rate_scale is None else (
+            f"{c.predicted_max_rate_scale:.2f}" if c.predicted_max_rate_scale is not None else "-") + " / " + (
+            f"{c.simulated_max_rate_scale:.2f}" if c.simulated_max_rate_scale is not None else "-")
         table.add_row(c.method, f"{c.served_rps:.2f}", str(c.num_gpus_used), f"{c.seconds:.2f}",
                       f"{c.gap * 100:.2f}%" if c.gap is not None else "-",
                       f"{100 * c.simulated_slo_attainment:.2f}" if c.simulated_slo_attainment is not None else "-",
-                      f"{c.simulated_goodput_rps:.2f}" if c.simulated_goodput_rps is not None else "-",
+                      f"{c.simulated_goodput_rps:.2f}" if c.simulated_goodput_rps is not None else "-", rate,
                       "*" if c.chosen else "", style="bold" if c.chosen else None)
     return table
 

@@ -14,6 +14,7 @@ from profiler.plan_check import TIME_SLICED_DEVICE
 SOLVERS = ("exact", "greedy", "spatial", "temporal")
 OBJECTIVES = ("goodput", "headroom", "min-gpus", "throughput", "weighted", "fairness")
 ALL_SERVED = 1 - 1e-6  # share of the demand above which a plan counts as serving all of it
+MAX_RATE_STEPS = 2  # bisections of the considered table's simulated max-rate search (each ~10 s on the demo's 240 s)
 HEADROOM_TRY = 0.95  # goodput tries the headroom plan only when the served-rate plan serves at least this share
 
 
@@ -68,7 +69,19 @@ def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, co
     temporal = method == "temporal" or (method == "exact" and time_sliced)
     plan = build_plan(cluster, demands, units, record, cost_label, workload.name, temporal=temporal, cost_model=cost_model)
     final_value = value if value is not None else plan.served_rps
-    return plan.model_copy(update={"solver": record.model_copy(update={"value": final_value})})
+    max_rate = None if temporal or method == "spatial" else _predicted_max_rate(plan, workload, cost_model)
+    return plan.model_copy(update={"solver": record.model_copy(update={"value": final_value}), "predicted_max_rate_scale": max_rate})
+
+
+def _predicted_max_rate(plan: Plan, workload: Workload, cost_model) -> float:
+    """planner.latency.predicted_headroom of the plan on its workload's requests (replayed faster, as
+    ``muxplan simulate --max-rate`` does), judged on the real SLO."""
+    from planner.latency import plan_units, predicted_headroom
+    from planner.sim.trace import build_request_table
+
+    t = build_request_table(workload).arrival_s
+    units, demand = plan_units(plan, demands_from_workload(workload))
+    return predicted_headroom(units, demand, cost_model, float(t[-1] - t[0]) if len(t) > 1 else 0.0)
 
 
 def _corrected(demand, factor: float):
@@ -138,15 +151,23 @@ def solve_and_compare(chosen: str, workload: Workload, cluster: Cluster, cost_mo
     if "greedy" in plans:  # its units were computed once above and shared as the exact warm start
         g = plans["greedy"]
         plans["greedy"] = g.model_copy(update={"solver": g.solver.model_copy(update={"seconds": greedy_s})})
+    max_rates = {}
     if verify:
+        from planner.sim.capacity import max_rate_scale
+        from planner.sim.trace import build_request_table
         from planner.verify import simulated_check
 
         plans = {m: p if p.check is not None else p.model_copy(update={"check": simulated_check(p, workload, cost_model, seed)[0]})
                  for m, p in plans.items()}
+        if compare:
+            table = build_request_table(workload)
+            max_rates = {m: max_rate_scale(p, workload, table, cost_model, p.check.policy, p.check.slo_scale, steps=MAX_RATE_STEPS,
+                                           seed=seed).rate_scale for m, p in plans.items()}
     considered = [Considered(method=m, value=p.solver.value, served_rps=p.served_rps, num_gpus_used=p.num_gpus_used,
                              seconds=p.solver.seconds, gap=p.solver.gap, chosen=m == chosen,
                              simulated_slo_attainment=p.check.simulated_slo_attainment if p.check else None,
-                             simulated_goodput_rps=p.check.simulated_goodput_rps if p.check else None)
+                             simulated_goodput_rps=p.check.simulated_goodput_rps if p.check else None,
+                             predicted_max_rate_scale=p.predicted_max_rate_scale, simulated_max_rate_scale=max_rates.get(m))
                   for m, p in plans.items()]
     return plans[chosen].model_copy(update={"considered": considered})
 

@@ -186,3 +186,25 @@ def test_backlog_and_admission_of_a_fixed_plan_by_hand():
     # 4; at x0.75 the plan admits min(1, 0.5 / 0.75) of the requests -> 2 x min(1, 0.75 / 0.5) = 2; at x0.25 all -> 1
     placed = PlacedDemand(None, 1, 50, 8, 2.0, 0.5)
     assert [routed_at(placed, s) for s in (2.0, 0.75, 0.25)] == pytest.approx([4.0, 2.0, 1.0])
+
+
+def test_the_considered_table_judges_every_solver_by_its_max_rate_predicted_and_simulated():
+    from planner.latency import plan_units, predicted_headroom
+    from planner.sim.capacity import max_rate_scale
+    from planner.sim.trace import build_request_table
+    from planner.solve import MAX_RATE_STEPS, SOLVERS
+
+    w, cluster = small([6.0, 3.0, 1.0])
+    plan = solve_and_compare("exact", w, cluster, CM, time_limit_s=10, compare=True, verify=True)
+    rows = {c.method: c for c in plan.considered}
+    assert set(rows) == set(SOLVERS)
+    table = build_request_table(w)
+    span_s = float(table.arrival_s[-1] - table.arrival_s[0])
+    units, demand = plan_units(plan, demands_from_workload(w))
+    assert plan.predicted_max_rate_scale == rows["exact"].predicted_max_rate_scale == predicted_headroom(units, demand, CM, span_s)
+    assert plan.predicted_max_rate_scale > 1.0  # 4 GPUs for 10 req/s: room to spare, and the model says so
+    sim = max_rate_scale(plan, w, table, CM, plan.check.policy, plan.check.slo_scale, steps=MAX_RATE_STEPS).rate_scale
+    assert rows["exact"].simulated_max_rate_scale == sim >= 1.0
+    # the unit model describes ADBS units: spatial and temporal plans get no prediction, but every plan is simulated
+    assert rows["spatial"].predicted_max_rate_scale is None and rows["temporal"].predicted_max_rate_scale is None
+    assert all(r.simulated_max_rate_scale is not None for r in rows.values())
