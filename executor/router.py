@@ -122,6 +122,8 @@ class Router:
             while True:
                 msg = await receive()
                 if msg["type"] == "lifespan.startup":
+                    if "muxplan.server" in scope:  # executor.router_server: its connection counts in /metrics
+                        self.metrics.watch_server(scope["muxplan.server"])
                     self.upstream.ensure()  # the prober starts with the server, not with the first request
                     await send({"type": "lifespan.startup.complete"})
                 else:

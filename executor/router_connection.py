@@ -39,6 +39,11 @@ class ServerLimits:
     keepalive_s: float = 75.0
     body_buffer_bytes: int = 1 << 20
     pipeline_max: int = 64  # requests parsed ahead of their answers (one read can hold thousands of small ones)
+    max_connections: int = 1024  # open client connections, idle keep-alive ones included (router_refusal)
+
+    def __post_init__(self):
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {self.max_connections}")
 
 
 class HeadTooLarge(Exception):
@@ -54,6 +59,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, server):
         self.server, self.app, self.limits, self.loop = server, server.app, server.limits, server.loop
+        server.conns.add(self)  # counted from the accept on, so a burst of accepts cannot overshoot the cap
         self.parser = httptools.HttpRequestParser(self)
         self.transport = None
         self.lost = self.closing = self.broken = self.paused = self.write_paused = False
@@ -75,7 +81,7 @@ class Connection(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small answers go out now, not after the client's ACK
         self.deadline = time.monotonic() + self.limits.keepalive_s
-        self.server.conns.add(self)
+        self.server.idle[self] = None
 
     def data_received(self, data: bytes) -> None:
         if self.broken:
@@ -101,6 +107,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.lost = self.broken = True
         self.server.conns.discard(self)
+        self.server.idle.pop(self, None)
         for c in {self.current, self.parsing, *self.queue} - {None}:
             c.client_gone()
         self.queue.clear()
@@ -121,6 +128,7 @@ class Connection(asyncio.Protocol):
 
     # --- httptools callbacks ---
     def on_message_begin(self) -> None:
+        self.server.idle.pop(self, None)
         self.in_head, self.mid_message = True, True
         self.head_bytes = 0
         self.url, self.headers = b"", []
@@ -225,6 +233,7 @@ class Connection(asyncio.Protocol):
         else:
             if not self.mid_message:
                 self.deadline = time.monotonic() + self.limits.keepalive_s
+                self.server.idle[self] = None  # at the end: the dict's order is idle-since order
             self.update_reading()
 
     def update_reading(self) -> None:
@@ -266,11 +275,17 @@ class Connection(asyncio.Protocol):
                 c.failed = (400, "protocol upgrades are not supported")
                 c.wake()
 
+    def close_idle(self) -> None:
+        """Close a keep-alive connection between requests (expired, evicted, or the server stopping)."""
+        self.broken = True
+        self.server.idle.pop(self, None)
+        self.server.conns.discard(self)  # its slot is free now, not once the close completes
+        self.transport.close()
+
     def expire(self) -> None:
         self.deadline = None
         if not self.mid_message:  # an idle keep-alive connection
-            self.broken = True
-            self.transport.close()
+            self.close_idle()
         elif self.in_head:
             self.fail(408, f"request head not complete within {self.limits.head_timeout_s:g} s")
         else:
@@ -279,6 +294,5 @@ class Connection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Server stopping: an idle connection closes now, a busy one after its response."""
         self.closing = True
-        if self.current is None:
-            self.broken = True
-            self.transport.close()
+        if self.current is None and self.transport is not None:
+            self.close_idle()

@@ -7,12 +7,16 @@ An admitted request is described by one ``Finished`` record, filled in along its
 sizes, length bounds, timings and status are all known (a traffic recorder hooks in there). Records are
 folded into the counters and histograms at the next scrape or once ``FLUSH_AT`` wait: prometheus_client
 takes a lock per increment, and a request's nine increments were a tenth of the router's CPU.
+
+Client connections (open, the cap, refused and evicted at the cap: executor.router_refusal) are read from
+the router's own server at scrape time, when the app runs on it (``watch_server``); they have no labels.
 """
 from __future__ import annotations
 
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 UNKNOWN = "_unknown"
 INVALID = "_invalid"
@@ -70,6 +74,10 @@ class RouterMetrics:
             "latency", "ttft", "tpot", "request_bytes", "response_bytes", "retries", "failovers", "replica_failures",
             "stream_errors", "disconnects", "in_flight", "queued")} for m in models}
 
+    def watch_server(self, server) -> None:
+        """Export executor.router_server.Server's connection counts (read at each scrape, nothing per connection)."""
+        self.registry.register(ConnectionCollector(server))
+
     def count(self, model: str, status: int) -> None:
         child = self._status.get((model, status))
         if child is None:
@@ -98,3 +106,19 @@ class RouterMetrics:
     def render(self) -> bytes:
         self.flush()
         return generate_latest(self.registry)
+
+
+class ConnectionCollector:
+    def __init__(self, server):
+        self.server = server
+
+    def collect(self):
+        s = self.server
+        yield GaugeMetricFamily("muxplan_router_client_connections", "Open client connections (idle keep-alive ones included)",
+                                value=len(s.conns))
+        yield GaugeMetricFamily("muxplan_router_client_connections_max", "The cap on open client connections",
+                                value=s.limits.max_connections)
+        yield CounterMetricFamily("muxplan_router_connections_refused", "Connections answered 503 at the cap (none idle to close)",
+                                  value=s.num_refused)
+        yield CounterMetricFamily("muxplan_router_idle_connections_evicted", "Idle keep-alive connections closed to admit one at the cap",
+                                  value=s.num_evicted)
