@@ -30,6 +30,7 @@ class Server:
         self.idle: dict[Connection, None] = {}  # keep-alive connections between requests, longest idle first
         self.num_refused = self.num_evicted = self.num_lingering = 0
         self.refusal = refusal_bytes(limits.max_connections)
+        self.fast = getattr(app, "fast", None)  # the app's callback path for requests it can answer without a task (router_fast)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sockname = (host, port)
         self.date_header = b""
