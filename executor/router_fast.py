@@ -122,6 +122,7 @@ class FastRequest:
     def backend_headers(self, status: int) -> None:
         self.status = status
         self.rec.headers_s = time.perf_counter() - self.rec.start
+        self.backend.deadline = time.monotonic() + self.timeout_s  # as on the ASGI path: each wait gets the full timeout
 
     def backend_done(self) -> None:
         b, rec = self.backend, self.rec
