@@ -63,6 +63,7 @@ class Connection(asyncio.Protocol):
         self.transport = None
         self.lost = self.closing = self.broken = self.paused = self.write_paused = False
         self.drained: asyncio.Future | None = None
+        self.on_drained = None
         self.current: Cycle | None = None  # the cycle being answered (by its task or the fast path)
         self.queue: deque[Cycle] = deque()  # pipelined cycles waiting for it
         self.parsing: Cycle | None = None  # the cycle whose body is being read
@@ -118,6 +119,9 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.on_drained is not None:  # the fast path's backend, paused while this client's buffer was full
+            self.on_drained()
+            self.on_drained = None
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
 

@@ -1,4 +1,4 @@
-"""The router's fast path: a plain (non-streaming) generation request answered by callbacks alone.
+"""The router's fast path: a generation request (plain or streamed) answered by callbacks alone.
 
 At concurrency the router's CPU per request decides its throughput on shared cores, and in the ASGI path a
 third of it was the machinery around the work: an asyncio task per request, ASGI messages, futures for the
@@ -10,7 +10,7 @@ arrives; the answer is written to the client from there. No task, no future.
 It takes only the common case and declines everything else before a side effect, so the ASGI path
 (executor.router and router_relay) answers it exactly as before, every error status and message included:
 a missing or wrong API key, a body the parser refuses, an unknown model, lengths over the context, a model
-with no routable replica, a stream, no free admission slot (the ASGI path queues), no idle connection to
+with no routable replica, no free admission slot (the ASGI path queues), no idle connection to
 the picked replica (the ASGI path connects, with its timeout). Once taken:
 
 - the admission slot is held from the take to the last byte and given back on every path;
@@ -23,17 +23,20 @@ the picked replica (the ASGI path connects, with its timeout). Once taken:
 - a client that goes aborts the backend connection (the backend stops generating) and counts a disconnect;
 - one ``Finished`` record per request, as on the ASGI path, and the traffic recorder's hook.
 
-A backend that streams an answer it was not asked to stream is read whole and sent with its length.
+An event stream (the backend's content type decides, as on the ASGI path) is relayed chunk by chunk as it
+arrives: the answer ends at ``[DONE]`` (the backend's own end is awaited in the pool, as ``Response.release``
+does), a stream the backend ends early or cuts ends with an SSE error event, and while the client's
+transport is full the backend connection stops being read.
 """
 from __future__ import annotations
 
 import time
 
 from executor.recorder import finished as note_finished
+from executor.router_http import IDLE_S
 from executor.router_metrics import Finished
+from executor.router_relay import CLIENT_GONE, USAGE_TAIL_BYTES, sse_error
 from executor.router_request import RequestError, check_context, error_body, parse_request
-
-CLIENT_GONE = 499  # as router_relay counts it
 
 
 class FastPath:
@@ -54,7 +57,7 @@ class FastPath:
         start = time.perf_counter()
         try:
             parsed = parse_request(body, self.paths[scope["path"]])
-            if parsed.stream or parsed.model not in state.replicas:
+            if parsed.model not in state.replicas:
                 return False
             check_context(parsed, state.context_tokens.get(parsed.model))
         except RequestError:
@@ -78,13 +81,17 @@ class FastPath:
 class FastRequest:
     """One taken request: the backend connection's ``sink`` and the client cycle's disconnect callback."""
 
-    __slots__ = ("fast", "cycle", "rec", "replica", "backend", "timeout_s", "over", "status")
+    __slots__ = ("fast", "cycle", "rec", "replica", "backend", "timeout_s", "over", "status", "chunks", "streaming", "first", "last",
+                 "events", "size", "tail")
 
     def __init__(self, fast: FastPath, cycle, rec: Finished, replica, backend):
         self.fast, self.cycle, self.rec, self.replica, self.backend = fast, cycle, rec, replica, backend
         self.timeout_s = fast.state.limits.upstream_timeout_s
-        self.over = False
-        self.status = 0
+        self.over = self.streaming = False
+        self.status = self.events = self.size = 0
+        self.chunks: list[bytes] = []  # a plain answer's body
+        self.first = self.last = 0.0  # a stream's first and latest chunk (perf_counter)
+        self.tail = b""
 
     def send(self, path: str, body: bytes) -> None:
         b, (host, port) = self.backend, self.backend.key
@@ -121,12 +128,44 @@ class FastRequest:
     # --- the backend connection's callbacks ---
     def backend_headers(self, status: int) -> None:
         self.status = status
-        self.rec.headers_s = time.perf_counter() - self.rec.start
-        self.backend.deadline = time.monotonic() + self.timeout_s  # as on the ASGI path: each wait gets the full timeout
+        rec, b = self.rec, self.backend
+        rec.headers_s = time.perf_counter() - rec.start
+        b.deadline = time.monotonic() + self.timeout_s  # as on the ASGI path: each wait gets the full timeout
+        if b.content_type.startswith(b"text/event-stream"):
+            self.streaming = True
+            self.cycle.status, self.cycle.headers = status, [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+    def backend_body(self, chunk: bytes) -> None:
+        self.backend.deadline = time.monotonic() + self.timeout_s
+        if not self.streaming:
+            return self.chunks.append(chunk)
+        now = self.last = time.perf_counter()
+        if not self.first:
+            self.first = now
+            self.rec.ttft_s = now - self.rec.start
+        self.events += chunk.count(b"data:")
+        self.size += len(chunk)
+        self.tail = (self.tail + chunk)[-USAGE_TAIL_BYTES:]
+        if self.tail.rstrip().endswith(b"[DONE]"):  # the client's answer ends here (openai's client stops reading at it)
+            return self._stream_end(chunk, None)
+        c = self.cycle
+        if not c.conn.lost:
+            c.write(chunk, True)
+            if c.conn.write_paused:  # a slow reader: the backend waits (untimed, as on the ASGI path) until the client drains
+                self.backend.transport.pause_reading()
+                self.backend.deadline = None
+                c.conn.on_drained = self._client_drained
+
+    def _client_drained(self) -> None:
+        if not self.over:
+            self.backend.deadline = time.monotonic() + self.timeout_s
+            self.backend.transport.resume_reading()
 
     def backend_done(self) -> None:
+        if self.streaming:
+            return self._stream_end(b"", f"model '{self.rec.model}': the backend ended the stream early")
         b, rec = self.backend, self.rec
-        data = b"".join(b.body)
+        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
         status = self.status
         ctype = b.content_type or b"application/json"
         rec.response_bytes = len(data)
@@ -134,6 +173,27 @@ class FastRequest:
         b.finish()  # back to the pool
         self._answer(status, ctype, data)
         note_finished(self.fast.state, rec.model, rec.start, data, status)
+
+    def _stream_end(self, final: bytes, error: str | None) -> None:
+        b, rec = self.backend, self.rec
+        if error:
+            self.fast.metrics.per_model[rec.model]["stream_errors"].inc()
+            final = sse_error(503, error)
+        elif self.events > 2:  # token events plus [DONE]
+            rec.tpot_s = (self.last - self.first) / (self.events - 2)
+        rec.response_bytes, rec.stream_events = self.size, self.events
+        self._end(self.status)
+        if b.complete:
+            b.finish()  # back to the pool
+        elif error:
+            b.abort()
+        elif not b.closed:  # back to the pool once the backend's end of message arrives, as Response.release does
+            b.release_timer = b.pool.loop.call_later(IDLE_S, b.abort)
+        c = self.cycle
+        c.conn.on_drained = None
+        if not c.conn.lost:
+            c.write(final, False)
+        note_finished(self.fast.state, rec.model, rec.start, b"" if error else self.tail, self.status)
 
     def backend_failed(self, exc) -> None:
         b, model = self.backend, self.rec.model
@@ -151,17 +211,23 @@ class FastRequest:
                 c.conn.start_cycle(c)
             return
         self.fast.router.relay.mark_down_unless_slow(self.replica, exc)
-        self._error(503, f"model '{model}': the backend failed before its response was complete ({exc})")
+        self._after_headers(str(exc))
 
     def backend_timeout(self) -> None:
         if self.rec.headers_s is None:
             return self._error(504, f"model '{self.rec.model}': backend did not answer within {self.timeout_s:g} s")
-        self._error(503, f"model '{self.rec.model}': the backend failed before its response was complete "
-                         f"(the backend sent nothing for {self.timeout_s:g} s)")
+        self._after_headers(f"the backend sent nothing for {self.timeout_s:g} s")
+
+    def _after_headers(self, why: str) -> None:
+        model = self.rec.model
+        if self.streaming:
+            return self._stream_end(b"", f"model '{model}': the backend failed mid-stream ({why})")
+        self._error(503, f"model '{model}': the backend failed before its response was complete ({why})")
 
     def client_gone(self) -> None:
         if self.over:
             return
         self.backend.abort()  # the backend stops generating for nobody
+        self.cycle.conn.on_drained = None
         self.fast.metrics.per_model[self.rec.model]["disconnects"].inc()
         self._end(CLIENT_GONE)

@@ -158,11 +158,11 @@ class Connection(asyncio.Protocol):
             self.headers_done.set_result(self.parser.get_status_code())
 
     def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            return self.sink.backend_body(body)
         self.body.append(body)
         self.buffered += len(body)
-        if self.sink is not None:  # it takes the body whole at the end, as Response.read does: no pause
-            self.deadline = time.monotonic() + self.sink.timeout_s  # the wait for each next byte is bounded, as in chunks()
-        elif self.buffered > PAUSE_BYTES and not self.paused:
+        if self.buffered > PAUSE_BYTES and not self.paused:
             self.paused = True
             self.transport.pause_reading()
         self._wake()

@@ -22,7 +22,8 @@ ANSWER = json.dumps({"id": "x", "choices": [{"text": "ok"}], "usage": {"prompt_t
 
 class Backend:
     """Keep-alive HTTP/1.1 over raw sockets. Each POST gets ``mode``: ok, cut (headers, 10 of 100 body bytes,
-    close), close (no byte; then back to ok), silent (nothing), head_only (headers, then nothing)."""
+    close), close (no byte; then back to ok), silent (nothing), head_only (headers, then nothing), sse_early (an
+    event stream's one event and its end, no [DONE]), sse_cut (one event, then close)."""
 
     def __init__(self):
         self.port, self.mode, self.posts, self.peer_closed = free_port(), "ok", 0, 0
@@ -67,6 +68,11 @@ class Backend:
                     return
                 elif mode == "head_only":
                     conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n")
+                elif mode.startswith("sse"):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                                 b"d\r\ndata: {\"a\"}\n\n\r\n" + (b"0\r\n\r\n" if mode == "sse_early" else b""))
+                    if mode == "sse_cut":
+                        return
 
     def close(self):
         self.sock.close()
@@ -218,3 +224,66 @@ def test_failover_after_a_fast_taken_request_loses_its_replica():
     finally:
         for s in stubs:
             s.kill()
+
+
+def sse(r: RouterThread) -> bytes:
+    """A streamed request's whole answer (chunked), read until the router ends it."""
+    body = json.dumps({"model": "m", "prompt": "Hi", "max_tokens": 1, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", r.port), timeout=5) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\nConnection: close\r\n"
+                  b"Content-Length: %d\r\n\r\n%b" % (API_KEY.encode(), len(body), body))
+        return until_closed(s)
+
+
+def until_closed(s: socket.socket) -> bytes:
+    out = b""
+    while chunk := s.recv(1 << 20):
+        out += chunk
+    return out
+
+
+@pytest.mark.parametrize("mode, message, down", [
+    ("sse_early", "model 'm': the backend ended the stream early", False),
+    ("sse_cut", "model 'm': the backend failed mid-stream (the backend closed the connection)", True),
+])
+def test_a_stream_the_backend_ends_early_or_cuts_ends_with_an_error_event(backend, mode, message, down):
+    with fake_router(backend) as r:
+        warm(r)
+        backend.mode = mode
+        raw = sse(r)
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked\r\n" in raw and raw.endswith(b"\r\n0\r\n\r\n")
+        events = [json.loads(line[6:]) for line in raw.decode().split("\n") if line.startswith("data: {\"error")]
+        assert events == [{"error": {"message": message, "type": "backend_error", "code": 503}}]
+        assert b'data: {"a"}' in raw and b"[DONE]" not in raw
+        assert r.app.fast.num_taken == 3 and r.state.replicas["m"][0].failed is down
+        assert r.metric("muxplan_router_stream_errors_total", "m") == 1
+        settled(r)
+
+
+def test_streams_go_fast_chunk_by_chunk_and_a_slow_reader_gets_all_of_it():
+    stub = Stub("s", ["m"], context=100_000).start()
+    try:
+        with RouterThread(router_state({"m": [stub]}, probe_s=60.0)) as r:
+            r.wait_probed("m")
+            seen = []
+            record = r.app.metrics.finished
+            r.app.metrics.finished = lambda rec: (seen.append(rec), record(rec))
+            chunks = list(r.client().completions.create(model="m", prompt="Hi", max_tokens=5, stream=True))
+            assert ["".join(c.choices[0].text for c in chunks)] == ["xxxxx"] and r.app.fast.num_taken == 1
+            body = json.dumps({"model": "m", "prompt": "Hi", "max_tokens": 50_000, "stream": True}).encode()
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the router's buffer to this client fills
+                s.settimeout(30)
+                s.connect(("127.0.0.1", r.port))
+                s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\nConnection: close\r\n"
+                          b"Content-Length: %d\r\n\r\n%b" % (API_KEY.encode(), len(body), body))
+                time.sleep(1.0)
+                raw = until_closed(s)
+            assert r.app.fast.num_taken == 2
+            assert raw.count(b"data: {") == 50_000 and raw.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+            wait_until(lambda: len(seen) == 2, what="both records")
+            assert [(rec.status, rec.stream, rec.stream_events) for rec in seen] == [(200, True, 6), (200, True, 50_001)]
+            assert 0 < seen[0].headers_s <= seen[0].ttft_s and seen[0].tpot_s is not None
+            settled(r)
+    finally:
+        stub.kill()
