@@ -58,7 +58,7 @@ def _raise_interrupt(signum, frame):
 
 def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port: int, api_key: str | None,
           ray_address: str | None = None, backend: str = "vllm", progress: Callable[[str], None] = lambda line: None,
-          record: Path | None = None) -> None:
+          record: Path | None = None, max_connections: int = 1024) -> None:
     """Blocks until SIGINT/SIGTERM; every child process is stopped on the way out.
 
     Locally a Supervisor runs the processes; with ``ray_address`` ("local" or a cluster address) each unit
@@ -66,6 +66,7 @@ def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port
     One token per deployment goes to every backend and, through this process's environment, to the router
     (which runs here): ``MUXPLAN_BACKEND_TOKEN`` (random unless the caller's environment already sets it).
     """
+    from executor.router_connection import ServerLimits
     from executor.router_server import serve as serve_router
 
     signal.signal(signal.SIGTERM, _raise_interrupt)  # clean up children on `kill`, not only on Ctrl-C
@@ -100,7 +101,8 @@ def serve(plan: Plan, procs: list[ProcessSpec], state_dir: Path, host: str, port
         models = sorted({m for p in procs for m in p.models})
         progress(f"serving {', '.join(models)} at http://{host}:{port}/v1 (OpenAI-compatible; Ctrl-C stops)")
         try:
-            serve_router(create_app(state), host, port)  # returns on SIGINT/SIGTERM once requests in flight are done
+            # returns on SIGINT/SIGTERM once requests in flight are done
+            serve_router(create_app(state), host, port, limits=ServerLimits(max_connections=max_connections))
         except OSError as exc:
             raise InputError(str(exc)) from None
     except KeyboardInterrupt:

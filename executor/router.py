@@ -106,6 +106,7 @@ class Router:
     """The ASGI app. ``state`` is shared with the supervisor, which reports health through it."""
 
     def __init__(self, state: RouterState):
+        from executor.router_fast import FastPath
         from executor.router_relay import Relay  # it imports respond() from here
         from executor.router_upstream import Upstream
 
@@ -114,6 +115,7 @@ class Router:
         self.upstream = Upstream(state, self.metrics)
         self.relay = Relay(state, self.metrics, self.upstream)
         self.auth = f"Bearer {state.api_key}".encode() if state.api_key else None
+        self.fast = FastPath(self, GENERATE)  # plain requests answered without a task when served by executor.router_server
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
@@ -122,6 +124,8 @@ class Router:
             while True:
                 msg = await receive()
                 if msg["type"] == "lifespan.startup":
+                    if "muxplan.server" in scope:  # executor.router_server: its connection counts in /metrics
+                        self.metrics.watch_server(scope["muxplan.server"])
                     self.upstream.ensure()  # the prober starts with the server, not with the first request
                     await send({"type": "lifespan.startup.complete"})
                 else:
@@ -129,7 +133,7 @@ class Router:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
-    def _authorised(self, scope) -> bool:
+    def authorised(self, scope) -> bool:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 return hmac.compare_digest(value, self.auth)
@@ -137,7 +141,7 @@ class Router:
 
     async def http(self, scope, receive, send):
         path, method = scope["path"], scope["method"]
-        if self.auth and path.startswith("/v1/") and not self._authorised(scope):
+        if self.auth and path.startswith("/v1/") and not self.authorised(scope):
             return await respond_error(send, 401, "missing or wrong API key")
         want = "POST" if path in GENERATE else "GET"
         if path not in GENERATE and path not in ("/v1/models", "/health", "/metrics"):

@@ -2,12 +2,13 @@
 
 Requests on a connection are answered in order: a pipelined request waits for the one before it, reading
 pauses while one waits, and more than ``pipeline_max`` parsed ahead get a 429, so a client cannot queue
-requests without bound. Request heads are bounded
-in bytes and header count (431) and in time (a head not complete ``head_timeout_s`` after its first byte
-gets 408: slowloris clients hold no connection for long); request bodies are bounded in idle time between
-bytes (408) and buffered at most ``body_buffer_bytes`` ahead of the app before reading pauses. Malformed HTTP
-gets a 400 with llhttp's reason and the connection closes, since the parser cannot find the next request's
-start. Responses without a length are sent chunked. Error bodies have the router's JSON error shape.
+requests without bound. Request heads are bounded in bytes and header count (431) and in time (a head not
+complete ``head_timeout_s`` after its first byte gets 408: slowloris clients hold no connection for long);
+request bodies are bounded in idle time between bytes (408) and buffered at most ``body_buffer_bytes`` ahead
+of the app before reading pauses. Malformed HTTP gets a 400 with llhttp's reason and the connection closes,
+since the parser cannot find the next request's start. Responses without a length are sent chunked. Error
+bodies have the router's JSON error shape. A POST the app has a fast path for (``app.fast``, router_fast)
+starts no task: it is held until its body is in and offered there; what the fast path declines runs as ASGI.
 """
 from __future__ import annotations
 
@@ -17,15 +18,13 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 import httptools
 
-from executor.router_cycle import Cycle, error_response
+from executor.router_cycle import Cycle, error_response, request_scope
 
 log = logging.getLogger("muxplan.router")
-METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")}
-ASGI = {"version": "3.0", "spec_version": "2.3"}
+FAST_BODY_MAX_BYTES = 256 * 1024  # larger bodies go to the app's task (under body_buffer_bytes: reading never pauses for them)
 
 
 @dataclass(frozen=True)
@@ -39,14 +38,19 @@ class ServerLimits:
     keepalive_s: float = 75.0
     body_buffer_bytes: int = 1 << 20
     pipeline_max: int = 64  # requests parsed ahead of their answers (one read can hold thousands of small ones)
+    max_connections: int = 1024  # open client connections, idle keep-alive ones included (router_refusal)
+
+    def __post_init__(self):
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {self.max_connections}")
 
 
 class HeadTooLarge(Exception):
-    pass
+    """431"""
 
 
 class TooManyPipelined(Exception):
-    pass
+    """429"""
 
 
 class Connection(asyncio.Protocol):
@@ -54,11 +58,13 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, server):
         self.server, self.app, self.limits, self.loop = server, server.app, server.limits, server.loop
+        server.conns.add(self)  # counted from the accept on, so a burst of accepts cannot overshoot the cap
         self.parser = httptools.HttpRequestParser(self)
         self.transport = None
         self.lost = self.closing = self.broken = self.paused = self.write_paused = False
         self.drained: asyncio.Future | None = None
-        self.current: Cycle | None = None  # the cycle whose task runs
+        self.on_drained = None
+        self.current: Cycle | None = None  # the cycle being answered (by its task or the fast path)
         self.queue: deque[Cycle] = deque()  # pipelined cycles waiting for it
         self.parsing: Cycle | None = None  # the cycle whose body is being read
         self.pending_error: tuple[int, str] | None = None  # a bad head, answered once the cycles before it are
@@ -75,7 +81,7 @@ class Connection(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small answers go out now, not after the client's ACK
         self.deadline = time.monotonic() + self.limits.keepalive_s
-        self.server.conns.add(self)
+        self.server.idle[self] = None
 
     def data_received(self, data: bytes) -> None:
         if self.broken:
@@ -101,6 +107,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.lost = self.broken = True
         self.server.conns.discard(self)
+        self.server.idle.pop(self, None)
         for c in {self.current, self.parsing, *self.queue} - {None}:
             c.client_gone()
         self.queue.clear()
@@ -112,6 +119,9 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self.on_drained is not None:  # the fast path's backend, paused while this client's buffer was full
+            self.on_drained()
+            self.on_drained = None
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
 
@@ -121,6 +131,7 @@ class Connection(asyncio.Protocol):
 
     # --- httptools callbacks ---
     def on_message_begin(self) -> None:
+        self.server.idle.pop(self, None)
         self.in_head, self.mid_message = True, True
         self.head_bytes = 0
         self.url, self.headers = b"", []
@@ -146,27 +157,17 @@ class Connection(asyncio.Protocol):
         self.deadline = time.monotonic() + self.limits.body_idle_s
         p = self.parser
         url = self.url
-        if url[:1] == b"/" and b"?" not in url:  # the usual origin-form target needs no URL parser
-            raw_path, query = url, b""
-        else:
-            try:
-                u = httptools.parse_url(url)
-            except httptools.HttpParserInvalidURLError:
-                raw_path, query = b"", b""
-            else:
-                raw_path, query = u.path or b"/", u.query or b""
-        path = raw_path.decode("latin-1")
-        method = p.get_method()
-        scope = {"type": "http", "asgi": ASGI, "http_version": p.get_http_version(),
-                 "method": METHODS.get(method) or method.decode("latin-1"), "scheme": "http",
-                 "path": unquote(path) if "%" in path else path, "raw_path": raw_path, "query_string": query,
-                 "root_path": "", "headers": self.headers, "server": self.server.sockname, "client": self.peer}
+        scope = request_scope(self, url)
         expect = (b"expect", b"100-continue") in self.headers  # clients send it in lower case
         cycle = self.parsing = Cycle(self, scope, p.should_keep_alive(), expect)
-        if not raw_path:
+        if not scope["raw_path"]:
             cycle.failed = (400, f"bad HTTP request: invalid target {url[:100]!r}")
         if self.current is None and not self.queue:
-            self._start(cycle)
+            fast = self.server.fast
+            if fast is not None and scope["method"] == "POST" and scope["path"] in fast.paths and not expect and not cycle.failed:
+                self.current, cycle.deferred = cycle, True  # the app's fast path may take it once its body is in
+            else:
+                self.start_cycle(cycle)
         else:
             self.queue.append(cycle)
             self.update_reading()
@@ -176,6 +177,8 @@ class Connection(asyncio.Protocol):
         c.body.append(body)
         c.buffered += len(body)
         self.deadline = time.monotonic() + self.limits.body_idle_s
+        if c.deferred and c.buffered > FAST_BODY_MAX_BYTES:
+            self._undefer(c)
         if c.buffered > self.limits.body_buffer_bytes:
             self.update_reading()
         c.wake()
@@ -186,12 +189,27 @@ class Connection(asyncio.Protocol):
         self.deadline = None  # a running or queued request: the app's own timeouts apply
         c = self.parsing
         c.complete = True
+        if c.deferred:
+            c.deferred = False
+            try:
+                taken = self.server.fast(c)
+            except Exception:  # a bug there must not become a parser error (431): the ASGI path answers
+                log.exception("router: fast path failed")
+                taken = False
+            if not taken:
+                self.start_cycle(c)
         c.wake()
 
     # --- request cycles ---
-    def _start(self, cycle: Cycle) -> None:
+    def start_cycle(self, cycle: Cycle) -> None:
         self.current = cycle
         self.loop.create_task(self._run(cycle))
+
+    def _undefer(self, cycle: Cycle) -> None:
+        """Not for the fast path after all (a large body, a bad one): the app's task takes the request."""
+        if cycle.deferred:
+            cycle.deferred = False
+            self.start_cycle(cycle)
 
     async def _run(self, cycle: Cycle) -> None:
         try:
@@ -215,16 +233,18 @@ class Connection(asyncio.Protocol):
         """The response went out whole: the next pipelined request, the deferred error, or keep-alive."""
         self.current = None
         cycle.wake()  # a receive() still waiting (a disconnect watcher) returns now
+        cycle.scope = None  # the scope refers back to the cycle (muxplan.on_disconnect): no cycle left for the garbage collector
         if not cycle.keep_alive or self.closing:
             self.broken = True
             self.transport.close()
         elif self.queue:
-            self._start(self.queue.popleft())
+            self.start_cycle(self.queue.popleft())
         elif self.pending_error:
             self._write_error(*self.pending_error)
         else:
             if not self.mid_message:
                 self.deadline = time.monotonic() + self.limits.keepalive_s
+                self.server.idle[self] = None  # at the end: the dict's order is idle-since order
             self.update_reading()
 
     def update_reading(self) -> None:
@@ -242,6 +262,7 @@ class Connection(asyncio.Protocol):
         self.update_reading()
         if not self.in_head and self.parsing is not None and not self.parsing.complete:  # a bad body
             self.parsing.failed = (status, message)
+            self._undefer(self.parsing)
             self.parsing.wake()
         elif self.current is None and not self.queue:
             self._write_error(status, message)
@@ -264,13 +285,20 @@ class Connection(asyncio.Protocol):
             c.keep_alive = False
             if any(n in (b"content-length", b"transfer-encoding") and v not in (b"0",) for n, v in c.scope["headers"]):
                 c.failed = (400, "protocol upgrades are not supported")
+                self._undefer(c)
                 c.wake()
+
+    def close_idle(self) -> None:
+        """Close a keep-alive connection between requests (expired, evicted, or the server stopping)."""
+        self.broken = True
+        self.server.idle.pop(self, None)
+        self.server.conns.discard(self)  # its slot is free now, not once the close completes
+        self.transport.close()
 
     def expire(self) -> None:
         self.deadline = None
         if not self.mid_message:  # an idle keep-alive connection
-            self.broken = True
-            self.transport.close()
+            self.close_idle()
         elif self.in_head:
             self.fail(408, f"request head not complete within {self.limits.head_timeout_s:g} s")
         else:
@@ -279,6 +307,5 @@ class Connection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Server stopping: an idle connection closes now, a busy one after its response."""
         self.closing = True
-        if self.current is None:
-            self.broken = True
-            self.transport.close()
+        if self.current is None and self.transport is not None:
+            self.close_idle()

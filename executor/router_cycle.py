@@ -9,12 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import http
+from urllib.parse import unquote
+
+import httptools
 
 from executor.router_request import error_body
 
 STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 DISCONNECT = {"type": "http.disconnect"}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")}
+ASGI = {"version": "3.0", "spec_version": "2.3"}
+
+
+def request_scope(conn, url: bytes) -> dict:
+    """The ASGI scope of the request whose head ``conn``'s parser has just read (``raw_path`` empty: a bad target)."""
+    if url[:1] == b"/" and b"?" not in url:  # the usual origin-form target needs no URL parser
+        raw_path, query = url, b""
+    else:
+        try:
+            u = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            raw_path, query = b"", b""
+        else:
+            raw_path, query = u.path or b"/", u.query or b""
+    path = raw_path.decode("latin-1")
+    p = conn.parser
+    method = p.get_method()
+    return {"type": "http", "asgi": ASGI, "http_version": p.get_http_version(), "method": METHODS.get(method) or method.decode("latin-1"),
+            "scheme": "http", "path": unquote(path) if "%" in path else path, "raw_path": raw_path, "query_string": query,
+            "root_path": "", "headers": conn.headers, "server": conn.server.sockname, "client": conn.peer}
 
 
 def error_response(status: int, message: str) -> bytes:
@@ -27,7 +51,7 @@ class Cycle:
     """One request and its response: the ASGI ``receive`` and ``send`` the app is given."""
 
     __slots__ = ("conn", "scope", "body", "buffered", "complete", "ended", "waiter", "keep_alive", "head_only", "expect_continue",
-                 "status", "headers", "started", "chunked", "done", "failed", "gone_callback")
+                 "status", "headers", "started", "chunked", "done", "failed", "gone_callback", "deferred")
 
     def __init__(self, conn, scope: dict, keep_alive: bool, expect_continue: bool):
         self.conn, self.scope, self.keep_alive, self.expect_continue = conn, scope, keep_alive, expect_continue
@@ -39,6 +63,7 @@ class Cycle:
         self.status, self.headers = 200, ()
         self.failed: tuple[int, str] | None = None  # answered by the server instead of the app
         self.gone_callback = None
+        self.deferred = False  # held back for the app's fast path until the body is complete (router_connection)
         scope["muxplan.on_disconnect"] = self.on_disconnect
 
     def on_disconnect(self, callback) -> None:
@@ -84,7 +109,13 @@ class Cycle:
             return
         if kind != "http.response.body" or self.done or conn.lost:  # gone: the app learns it from receive()
             return
-        body, more = message.get("body", b""), message.get("more_body", False)
+        self.write(message.get("body", b""), message.get("more_body", False))
+        if not self.done and conn.write_paused:
+            await conn.drain()
+
+    def write(self, body: bytes, more: bool) -> None:
+        """The body part of ``send`` without the wait for a full buffer (the fast path's whole answer)."""
+        conn = self.conn
         if not self.started:
             self.started = True
             out = self._head(body, more)
@@ -100,8 +131,6 @@ class Cycle:
             conn.transport.write(out)
         if self.done:
             conn.finished(self)
-        elif conn.write_paused:
-            await conn.drain()
 
     def _head(self, body: bytes, more: bool) -> bytes:
         lines = [STATUS_LINES.get(self.status) or b"HTTP/1.1 %d \r\n" % self.status]

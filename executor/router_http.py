@@ -3,7 +3,8 @@
 Measured on the 2-core sandbox against the stub backend, aiohttp's client spent ~130 us of CPU per
 request and this one ~15 us, which is most of what the router adds (bench/RESULTS.md). It speaks only what
 the router needs: one request per connection at a time, Content-Length bodies out, any framing back
-(httptools decodes chunked), bodies read whole or chunk by chunk with backpressure.
+(httptools decodes chunked), bodies read whole or chunk by chunk with backpressure. A connection with a
+``sink`` (the router's fast path, executor.router_fast) reports to it by callbacks instead of futures.
 """
 from __future__ import annotations
 
@@ -113,6 +114,7 @@ class Connection(asyncio.Protocol):
         self.got_data = False
         self.keep_alive = False
         self.release_timer: asyncio.TimerHandle | None = None  # set: released early, finish on completion
+        self.sink = None  # router_fast.FastRequest: called back instead of waking futures
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -133,6 +135,8 @@ class Connection(asyncio.Protocol):
 
     def _fail(self, err: UpstreamError) -> None:
         self.error = err
+        if self.sink is not None:
+            return self.sink.backend_failed(err)
         if self.headers_done and not self.headers_done.done():
             self.headers_done.set_exception(err)
         self._wake()
@@ -148,10 +152,14 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message is complete
+        if self.sink is not None:
+            return self.sink.backend_headers(self.parser.get_status_code())
         if self.headers_done and not self.headers_done.done():
             self.headers_done.set_result(self.parser.get_status_code())
 
     def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            return self.sink.backend_body(body)
         self.body.append(body)
         self.buffered += len(body)
         if self.buffered > PAUSE_BYTES and not self.paused:
@@ -161,6 +169,8 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        if self.sink is not None:
+            return self.sink.backend_done()
         if self.release_timer is not None:
             self.release_timer.cancel()
             self.finish()
@@ -169,6 +179,8 @@ class Connection(asyncio.Protocol):
 
     def expire(self) -> None:
         self.deadline = None
+        if self.sink is not None:
+            return self.sink.backend_timeout()
         for fut in (self.headers_done, self.wake):
             if fut is not None and not fut.done():
                 fut.set_exception(TimeoutError())
@@ -216,7 +228,8 @@ class Pool:
             raise UpstreamError(f"cannot connect: {exc or type(exc).__name__}", before_response=True) from None
         return conn
 
-    def _reuse(self, key) -> Connection | None:
+    def reuse(self, key) -> Connection | None:
+        """An idle connection to ``key`` still fresh, or None."""
         idle = self.idle.get(key)
         now = time.monotonic()
         while idle:
@@ -231,7 +244,7 @@ class Pool:
         response headers are in. ``timeout_s`` bounds the wait for them and every later wait for body bytes.
         A reused connection found dead before any response byte is retried once fresh."""
         key = (host, port)
-        conn = self._reuse(key)
+        conn = self.reuse(key)
         for fresh in (conn is None, True):
             if fresh:
                 conn = await self._connect(key)

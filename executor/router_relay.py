@@ -26,7 +26,7 @@ CLIENT_GONE = 499  # nginx's status for a client that closed the connection (cou
 USAGE_TAIL_BYTES = 2048  # the last events: [DONE] and the usage event, if the client asked for one
 
 
-def _sse_error(status: int, message: str) -> bytes:
+def sse_error(status: int, message: str) -> bytes:
     return b"data: " + json.dumps({"error": {"message": message, "type": "backend_error", "code": status}}).encode() + b"\n\n"
 
 
@@ -155,7 +155,7 @@ class Relay:
             await chunks.aclose()
         if error:
             m["stream_errors"].inc()
-            final = _sse_error(503, error)
+            final = sse_error(503, error)
         else:
             resp.release()  # back to the pool once the backend's terminator arrives
             if events > 2:  # token events plus [DONE]

@@ -2,7 +2,8 @@
 
 uvicorn cost the router about as much CPU per request as everything else it does (its per-request header
 validation, ASGI task and timer bookkeeping; bench/RESULTS.md), and the router needs none of its generality:
-one ASGI app, HTTP/1.1 only, no websockets. The protocol itself is executor.router_connection. Timeouts of
+one ASGI app, HTTP/1.1 only, no websockets. The protocol itself is executor.router_connection, the cap on
+connections executor.router_refusal (the app finds the counts under ``muxplan.server`` in the lifespan scope). Timeouts of
 all connections are checked by one sweep every ``SWEEP_S`` instead of a timer per request. Stopping (SIGINT,
 SIGTERM or ``stop()``) closes the listener and idle connections at once, lets requests in flight finish for
 up to ``grace_s``, then cancels what is left and runs the app's lifespan shutdown.
@@ -10,12 +11,14 @@ up to ``grace_s``, then cancels what is left and runs the app's lifespan shutdow
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import threading
 import time
 from email.utils import formatdate
 
 from executor.router_connection import Connection, ServerLimits
+from executor.router_refusal import admit, refusal_bytes
 
 SWEEP_S = 0.5
 
@@ -24,6 +27,10 @@ class Server:
     def __init__(self, app, host: str, port: int, limits: ServerLimits = ServerLimits(), grace_s: float = 10.0):
         self.app, self.host, self.port, self.limits, self.grace_s = app, host, port, limits, grace_s
         self.conns: set[Connection] = set()
+        self.idle: dict[Connection, None] = {}  # keep-alive connections between requests, longest idle first
+        self.num_refused = self.num_evicted = self.num_lingering = 0
+        self.refusal = refusal_bytes(limits.max_connections)
+        self.fast = getattr(app, "fast", None)  # the app's callback path for requests it can answer without a task (router_fast)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sockname = (host, port)
         self.date_header = b""
@@ -48,10 +55,11 @@ class Server:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._tick()
-        lifespan = Lifespan(self.app)
+        raise_fd_limit(self.limits.max_connections)
+        lifespan = Lifespan(self.app, self)
         await lifespan.startup()
         try:
-            listener = await self.loop.create_server(lambda: Connection(self), self.host, self.port, backlog=2048)
+            listener = await self.loop.create_server(lambda: admit(self), self.host, self.port, backlog=2048)
         except OSError as exc:
             await lifespan.shutdown()
             raise OSError(exc.errno, f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
@@ -74,7 +82,8 @@ class Server:
         while self.conns and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for c in list(self.conns):
-            c.transport.abort()
+            if c.transport is not None:
+                c.transport.abort()
 
     async def _cancel_rest(self) -> None:
         current = asyncio.current_task()
@@ -111,8 +120,8 @@ class Server:
 class Lifespan:
     """ASGI lifespan: startup before the listener opens, shutdown after the last connection closed."""
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, server: Server):
+        self.app, self.server = app, server
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.replies: asyncio.Queue = asyncio.Queue()
         self.task: asyncio.Task | None = None
@@ -133,12 +142,21 @@ class Lifespan:
 
     async def startup(self) -> None:
         self.task = asyncio.get_running_loop().create_task(
-            self.app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, self.inbox.get, self._send))
+            self.app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}, "muxplan.server": self.server}, self.inbox.get, self._send))
         await self._ask("startup")
 
     async def shutdown(self) -> None:
         if not self.task.done():
             await self._ask("shutdown")
+
+
+def raise_fd_limit(max_connections: int) -> None:
+    """Room for the cap: a client and a backend socket per connection, plus files and listeners. Past the soft
+    descriptor limit accept() fails and a client hangs unanswered in the backlog instead of getting the 503."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
 
 
 def serve(app, host: str, port: int, **kw) -> None:

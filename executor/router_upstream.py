@@ -63,7 +63,7 @@ class Upstream:
             self.pool.close()
         self.loop = None
 
-    def _head(self, method: str, path: str, host: str, port: int, body: bytes) -> bytes:
+    def request_head(self, method: str, path: str, host: str, port: int, body: bytes) -> bytes:
         """The request head; all of it but the length is built once per (method, path, backend)."""
         key = (method, path, host, port)
         prefix = self.heads.get(key)
@@ -84,7 +84,7 @@ class Upstream:
                 m["retries"].inc()
             host, port = self.addr[replica.url]
             try:
-                resp = await self.pool.request(host, port, self._head("POST", path, host, port, body), body, timeout_s)
+                resp = await self.pool.request(host, port, self.request_head("POST", path, host, port, body), body, timeout_s)
             except TimeoutError:
                 raise RequestError(504, f"model '{model}': backend did not answer within {timeout_s:g} s", retry_after_s=5) from None
             except UpstreamError:
@@ -107,7 +107,7 @@ class Upstream:
         resp = None
         try:
             async with asyncio.timeout(self.state.limits.probe_timeout_s):
-                resp = await self.pool.request(host, port, self._head("GET", "/v1/models", host, port, b""), b"", self.state.limits.probe_timeout_s)
+                resp = await self.pool.request(host, port, self.request_head("GET", "/v1/models", host, port, b""), b"", self.state.limits.probe_timeout_s)
                 raw = await resp.read()
             listed = {m.get("id"): m for m in json.loads(raw).get("data", []) if isinstance(m, dict)} if resp.status == 200 else {}
         except (UpstreamError, TimeoutError, ValueError, AttributeError):

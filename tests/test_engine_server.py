@@ -121,13 +121,15 @@ def test_deploy_engine_backend_behind_the_router(tiny_models, tmp_path):
     save_contract(tmp_path / "plan.json", colocated_plan({"tiny-llama": tiny_models["llama"], "tiny-qwen": tiny_models["qwen"]}, sm=VALID_SM))
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "muxplan", "deploy", str(tmp_path / "plan.json"), "--backend", "engine", "--port", str(port),
-                             "--state-dir", str(tmp_path / "state")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--state-dir", str(tmp_path / "state"), "--max-connections", "64"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         _wait_healthy(proc, port)
         c = client(port)
         for model in ("tiny-llama", "tiny-qwen"):
             out = c.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, extra_body={"ignore_eos": True})
             assert out.usage.completion_tokens == 3
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        assert "muxplan_router_client_connections_max 64.0" in metrics.splitlines()
         rows = json.loads((tmp_path / "state" / "deployment.json").read_text())["processes"]
         assert [(r["name"], r["models"]) for r in rows] == [("unit0", ["tiny-llama", "tiny-qwen"])]
         pids = [r["pid"] for r in rows]

@@ -22,6 +22,8 @@ def deploy(
     record: Annotated[Optional[Path], typer.Option(help="Write the served requests (no text) as trace segments DIR/trace-NNNN.json.")] = None,
     update: Annotated[Optional[Path], typer.Option(help="Roll the deployment in --state-dir over to this plan (new processes first, then routing, then the old stop).")] = None,
     allow_gap: Annotated[bool, typer.Option(help="With --update: accept a model without a replica while memory forces old processes to stop first.")] = False,
+    max_connections: Annotated[int, typer.Option(min=1, max=1_000_000, help="Open client connections the front door holds (idle ones are closed "
+                                                 "to admit new ones; past it: 503 with Retry-After).")] = 1024,
 ) -> None:
     """Start the serving processes of a plan behind one OpenAI-compatible endpoint (or --update a running one)."""
     import shutil
@@ -50,7 +52,7 @@ def deploy(
 
         check_loadable(loaded, plan, backend)
         serve(loaded, procs, state_dir, host, port, api_key, ray, backend, progress=lambda line: typer.echo(f"muxplan deploy: {line}"),
-              record=record)
+              record=record, max_connections=max_connections)
         return
     from muxplan.render import console
     from executor.render import processes_table
