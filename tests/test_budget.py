@@ -1,5 +1,7 @@
 """Deterministic budgets: counted work decides every stop, so a busy machine gets the same plan as a quiet one."""
-import threading
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -46,10 +48,7 @@ def _loaded_instance():
     return synthesize(PAPER_COUNTS, 0.9, top_rate=40.0, duration_s=60, seed=1, order="shuffled")
 
 
-def _burn(stop: threading.Event) -> None:
-    x = 0
-    while not stop.is_set():  # holds the GIL half the time: the solver runs about 2x slower
-        x += 1
+BURN = "while True: pass"  # one process per core: the solver shares its core with one of them
 
 
 def test_a_solve_stopped_by_its_budget_gives_the_same_plan_on_a_busy_machine(monkeypatch):
@@ -62,17 +61,16 @@ def test_a_solve_stopped_by_its_budget_gives_the_same_plan_on_a_busy_machine(mon
         return plan, time.perf_counter() - t
 
     quiet, quiet_s = solve()
-    stop = threading.Event()
-    burner = threading.Thread(target=_burn, args=(stop,), daemon=True)
-    burner.start()
+    burners = [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(os.cpu_count() or 2)]
     try:
         busy, busy_s = solve()
     finally:
-        stop.set()
-        burner.join()
+        for b in burners:
+            b.kill()
+            b.wait()
     # the budget, not convergence, stopped it: a loaded shuffled instance needs far more than 1.5 s of work
     assert "stopped at its work budget" in quiet.solver.status and WALL_NOTE not in quiet.solver.status
-    assert busy_s > 1.3 * quiet_s  # the machine really was busier
+    assert busy_s > 1.1 * quiet_s  # the machine really was busier
     assert busy.solver.value == quiet.solver.value and busy.solver.bound == quiet.solver.bound
     assert busy.solver.status == quiet.solver.status
     assert [u.model_dump() for u in busy.units] == [u.model_dump() for u in quiet.units]

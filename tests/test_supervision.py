@@ -113,7 +113,7 @@ def test_a_squatter_is_never_taken_for_the_backend_and_its_port_is_refused(plan,
 
 def test_backends_bind_loopback_need_the_token_and_die_with_a_killed_supervisor(plan, tmp_path):
     port = free_port()
-    while get(f"http://127.0.0.1:{port + 1}/health") != 0:
+    while not _bindable(port + 1):  # refusing connections is not enough: an outgoing connection may hold the port
         port = free_port()
     state = tmp_path / "state"
     deploy = subprocess.Popen([sys.executable, "-m", "muxplan", "deploy", str(plan), "--backend", "engine", "--port", str(port),
@@ -144,3 +144,14 @@ def test_backends_bind_loopback_need_the_token_and_die_with_a_killed_supervisor(
     finally:
         if deploy.poll() is None:
             deploy.kill()
+
+
+def _bindable(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
