@@ -37,10 +37,6 @@ class Budget:
     def left_s(self) -> float:
         return max(0.0, self.total_units - self.used_units) / WORK_PER_S
 
-    @property
-    def spent_s(self) -> float:
-        return self.used_units / WORK_PER_S
-
     def exhausted(self) -> bool:
         if self.used_units >= self.total_units:
             return True

@@ -20,8 +20,8 @@ from __future__ import annotations
 import time
 
 from planner.budget import as_budget
-from planner.exact import MASTER_SHARE, TOL, WALL_NOTE, ExactSolution, _pricing_round, _single_columns, cluster_gpus
 from planner.colgen import column_generation
+from planner.exact import MASTER_SHARE, TOL, WALL_NOTE, ExactSolution, _pricing_round, _single_columns, cluster_gpus
 from planner.master_lp import headroom_lp
 from planner.placement import UnitChoice
 from planner.tables import Demand, model_options

@@ -132,12 +132,13 @@ def _solve_cbc(cols, demands, w, counts, objective, budget, stage_z=None):
                 prob += s[i] >= stage_z * d.rate_rps
         prob += pulp.lpSum(wi * si for wi, si in zip(w, s))
     nnz = sum(len(col.members) + 1 for col in cols)
-    solver = pulp.PULP_CBC_CMD(msg=False, maxNodes=node_limit(budget, nnz), timeLimit=max(1, int(budget.wall_left_s)), threads=1)
+    nodes = node_limit(budget, nnz)  # CBC through PuLP reports no node count: charged at its limit
+    solver = pulp.PULP_CBC_CMD(msg=False, maxNodes=nodes, timeLimit=max(1, int(budget.wall_left_s)), threads=1)
     from planner.exact import quiet_stdout
 
     with quiet_stdout():
         prob.solve(solver)
-    budget.charge(mip_work(nnz, node_limit(budget, nnz), 0))
+    budget.charge(mip_work(nnz, nodes, 0))
     status = pulp.LpStatus[prob.status].lower()
     if status not in ("optimal", "not solved") or lam[0].value() is None:
         return None, status
