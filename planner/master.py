@@ -226,5 +226,69 @@ def solve_master(cols, demands, w, counts, objective, backend, budget, seed):
         members = tuple((i, o, r * scale[i]) for i, o, r in col.members if r * scale[i] > 1e-9)
         units += [UnitChoice(col.mesh_size, col.gpu, members)] * lam[c] if members else []
     if objective in ("throughput", "weighted"):
+        units, served = polish_rates(units, demands, w)
         value = sum(wi * si for wi, si in zip(w, served))
     return value, units, status
+
+
+def polish_rates(units: list[UnitChoice], demands, w) -> tuple[list[UnitChoice], list[float]]:
+    """The chosen units with the best rates their configurations allow: max sum_i w_i s_i over s_i <= r_i,
+    s_i <= sum_u x_{u,i} and each unit's x in its rate polytope (planner.estimator: d_i x_i + q.x <= UTIL_CAP,
+    q.x <= P_max), an LP with the units fixed. The columns carry only the rate vectors the configuration LP needed
+    (its extreme points); whole units combine better at points between them. Never worse: the master's rates are
+    feasible here."""
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    from planner.estimator import UTIL_CAP, prefill_limit, served_rates, stall_costs
+
+    m = len(demands)
+    offsets, rows, cols, vals, b = [], [], [], [], []
+    num_x = 0
+    for u in units:
+        offsets.append(num_x)
+        num_x += len(u.members)
+    row = m
+    for u, x0 in zip(units, offsets):
+        options = [o for _, o, _ in u.members]
+        q, pmax = stall_costs(options), prefill_limit(options)
+        for j, (i, _, _) in enumerate(u.members):  # s_i - sum x_{u,i} <= 0
+            rows.append(i), cols.append(x0 + j), vals.append(-1.0)
+        limits = [([qj + (o.decode_s_per_req if j == k else 0.0) for j, qj in enumerate(q)], UTIL_CAP) for k, o in enumerate(options)]
+        for coef, cap in limits + [(q, max(0.0, pmax))]:
+            for j, a in enumerate(coef):
+                rows.append(row), cols.append(x0 + j), vals.append(a)
+            b.append(cap)
+            row += 1
+    for i in range(m):
+        rows.append(i), cols.append(num_x + i), vals.append(1.0)
+    a_ub = coo_matrix((vals, (rows, cols)), shape=(row, num_x + m)).tocsr()
+    current = [0.0] * m
+    for u in units:
+        for i, _, r in u.members:
+            current[i] += r
+    res = linprog([0.0] * num_x + [-wi for wi in w], A_ub=a_ub, b_ub=[0.0] * m + b,
+                  bounds=[(0, None)] * num_x + [(0, d.rate_rps) for d in demands], method="highs")
+    before = sum(wi * min(c, d.rate_rps) for wi, c, d in zip(w, current, demands))
+    if res.status != 0 or -res.fun <= before + 1e-9:
+        return units, [min(c, d.rate_rps) for c, d in zip(current, demands)]
+    x, served = res.x, [float(v) for v in res.x[num_x:]]
+    placed = [0.0] * m
+    for u, x0 in zip(units, offsets):
+        for j, (i, _, _) in enumerate(u.members):
+            placed[i] += x[x0 + j]
+    scale = [min(1.0, served[i] / placed[i]) if placed[i] > 0 else 0.0 for i in range(m)]  # route exactly what is served
+    out, served = [], [0.0] * m
+    for u, x0 in zip(units, offsets):
+        options = [o for _, o, _ in u.members]
+        # what the estimator serves at these routed rates: the LP's tolerance never makes a unit promise more
+        rates = served_rates(options, [max(0.0, float(x[x0 + j])) * scale[i] for j, (i, _, _) in enumerate(u.members)])
+        members = tuple((i, o, r) for (i, o, _), r in zip(u.members, rates) if r > 1e-9)
+        for i, _, r in members:
+            served[i] += r
+        if members:
+            out.append(UnitChoice(u.mesh_size, u.gpu, members))
+    served = [min(v, d.rate_rps) for v, d in zip(served, demands)]
+    if sum(wi * v for wi, v in zip(w, served)) <= before:
+        return units, [min(c, d.rate_rps) for c, d in zip(current, demands)]
+    return out, served

@@ -341,3 +341,23 @@ def test_executor_imports_nothing_from_the_planner():
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "executor").rglob("*.py")
                  if re.search(r"^\s*(from|import) planner\b", p.read_text(), re.M)]
     assert offenders == []
+
+
+def test_polish_rates_moves_load_to_the_unit_with_room_and_keeps_the_estimator_exact():
+    from planner.master import polish_rates
+
+    # unit 1 hosts A and B (q = 0.05 s, d = 0.01 s each): with A at 10 req/s, B gets at most 8 (0.06 x 10 + 0.05 x_B <= 1);
+    # unit 2 hosts A alone (up to 1 / 0.06 = 16.67 req/s). Moving A to unit 2 lets unit 1 serve B's 10 (0.06 x 10 <= 1).
+    spec = get_model("llama-7b")
+    a, b = Demand("a", "llama-7b", spec, 10.0, 100, 100), Demand("b", "llama-7b", spec, 10.0, 100, 100)
+    o = opt(0.05, 0.01)
+    units = [UnitChoice(1, "A100-80GB", ((0, o, 10.0), (1, o, 8.0))), UnitChoice(1, "A100-80GB", ((0, o, 10.0),))]
+    polished, served = polish_rates(units, [a, b], [1.0, 1.0])
+    assert served == pytest.approx([10.0, 10.0], abs=1e-6)
+    assert sum(r for u in polished for i, _, r in u.members if i == 1) == pytest.approx(10.0, abs=1e-6)
+    for u in polished:  # every unit serves exactly what it is routed (the plan's prediction is the estimator's)
+        rates = [r for _, _, r in u.members]
+        assert served_rates([m for _, m, _ in u.members], rates) == pytest.approx(rates, abs=1e-9)
+    # already the best rates: returned unchanged
+    best = [UnitChoice(1, "A100-80GB", ((1, o, 10.0),)), UnitChoice(1, "A100-80GB", ((0, o, 10.0),))]
+    assert polish_rates(best, [a, b], [1.0, 1.0]) == (best, [10.0, 10.0])
