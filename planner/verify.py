@@ -19,7 +19,7 @@ MISS = 0.01
 TARGET = 0.99
 TIGHTEN = 0.85
 MAX_ROUNDS = 3
-SIM_UNITS_PER_REQUEST = 0.08  # planner.budget units a simulated request costs (bench/fit_work.py)
+SIM_UNITS_PER_REQUEST = 0.058  # planner.budget units a simulated request costs (bench/fit_work.py)
 
 
 def simulated_check(plan: Plan, workload: Workload, cost_model, seed: int = 0, rounds: int = 1, table=None) -> tuple[SimCheck, Summary]:
