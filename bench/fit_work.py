@@ -10,7 +10,8 @@ fits, by non-negative least squares, the coefficients that turn counts into mill
 - integer masters and MILP pricing (planner.master.MIP_UNITS): per solve, nonzero, simplex iteration x thousand
   nonzeros, node;
 - greedy (planner.greedy.UNIT_WORK): per unit evaluated;
-- the closed loop's simulation (planner.verify.SIM_UNITS_PER_REQUEST): per request replayed.
+- the closed loop's simulation (planner.verify.SIM_UNITS): per request replayed, decode step, prefill batch;
+- a plan's report (planner.solve.REPORT_UNITS: its predictions and predicted max rate): per plan, per placed model.
 
 It prints the fitted coefficients next to the ones in the code and, per solve, counted work against CPU ms.
 Usage: python -m bench.fit_work [--time-limit 10] [--out bench/results/work_fit.json]
@@ -29,6 +30,7 @@ import planner.exact as exact
 import planner.greedy as greedy
 import planner.headroom as headroom
 import planner.master as master
+import planner.solve as solve
 import planner.verify as verify
 from bench.paper_plans import PAPER_COUNTS
 from muxplan.cluster import load_cluster
@@ -41,7 +43,7 @@ from planner.tables import demands_from_workload
 from profiler.cost_model import load_cost_model
 
 ROOT = Path(__file__).resolve().parents[1]
-INSTANCES = [("shuffled", 0.9, 1.0), ("shuffled", 0.7, 0.75), ("size", 0.7, 1.25), ("size", 1.3, 0.5), ("shuffled", 1.7, 1.0)]
+INSTANCES = [("shuffled", 0.9, 1.0), ("shuffled", 0.7, 0.75), ("size", 0.7, 1.25), ("size", 1.3, 0.5), ("shuffled", 1.7, 1.0), ("size", 2.1, 1.25)]
 
 
 class Recorder:
@@ -100,16 +102,10 @@ def install(rec: Recorder) -> None:
         rec.add("greedy", [(b.used_units - before) / greedy.UNIT_WORK], (time.process_time() - t) * 1000)
         return out
     greedy.place_greedy = timed_greedy
-    import planner.solve as solve
     solve.place_greedy = timed_greedy
-    check = verify.simulated_check
-
-    def timed_check(plan, workload, cost_model, seed=0, rounds=1, table=None):
-        t = time.process_time()
-        out = check(plan, workload, cost_model, seed, rounds, table)
-        rec.add("sim", [out[1].overall.num_requests], (time.process_time() - t) * 1000)
-        return out
-    verify.simulated_check = timed_check
+    verify.run_table = rec.timed("sim", verify.run_table, lambda a, k, out: [len(out.records["request"]), out.num_decode_steps,
+                                                                          out.num_prefill_batches])
+    solve._report = rec.timed("report", solve._report, lambda a, k, out: [1, sum(len(u.models) for u in out.units)])
 
 
 def fit(rows) -> tuple[np.ndarray, float]:
@@ -137,7 +133,7 @@ def main() -> None:
         print(solves[-1], flush=True)
         greedy.place_greedy(demands_from_workload(wl), cluster, cost, Budget(args.time_limit / 3))
     current = {"pricing": WORK_UNITS, "lp": np.array(LP_UNITS), "mip": np.array(master.MIP_UNITS),
-               "greedy": np.array([greedy.UNIT_WORK]), "sim": np.array([verify.SIM_UNITS_PER_REQUEST])}
+               "greedy": np.array([greedy.UNIT_WORK]), "sim": np.array(verify.SIM_UNITS), "report": np.array(solve.REPORT_UNITS)}
     out = {"time_limit_s": args.time_limit, "solves": solves, "fits": {}}
     for name, rows in rec.rows.items():
         coef, err = fit(rows)

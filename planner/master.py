@@ -14,7 +14,7 @@ from planner.placement import UnitChoice
 SCALE = 1000  # CP-SAT: rates in milli-requests per second
 # planner.budget units of a master solve (bench/fit_work.py): per solve, per nonzero, per simplex iteration and
 # thousand nonzeros, per node; NODE_ITERS simplex iterations a node takes, for the node limit; MIN_NODES always allowed
-MIP_UNITS = (0.0, 0.2, 0.2, 0.0)
+MIP_UNITS = (0.0, 0.124, 0.212, 0.0)
 NODE_ITERS = 20
 MIN_NODES = 50
 

@@ -15,6 +15,7 @@ SOLVERS = ("exact", "greedy", "spatial", "temporal")
 OBJECTIVES = ("goodput", "headroom", "min-gpus", "throughput", "weighted", "fairness")
 ALL_SERVED = 1 - 1e-6  # share of the demand above which a plan counts as serving all of it
 MAX_RATE_STEPS = 2  # bisections of the considered table's simulated max-rate search (each ~10 s on the demo's 240 s)
+REPORT_UNITS = (311.0, 0.0)  # planner.budget units of building a plan's report: per plan, per placed model (bench/fit_work.py)
 HEADROOM_TRY = 0.95  # goodput tries the headroom plan only when the served-rate plan serves at least this share
 
 
@@ -67,10 +68,22 @@ def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, co
                           seed=seed, time_limit_s=time_limit_s, inputs_digest=inputs_digest(workload, cluster, cost_label),
                           headroom=headroom)
     temporal = method == "temporal" or (method == "exact" and time_sliced)
-    plan = build_plan(cluster, demands, units, record, cost_label, workload.name, temporal=temporal, cost_model=cost_model)
+    plan = _report(cluster, demands, units, record, cost_label, workload, temporal or method == "spatial", cost_model, temporal)
+    budget.charge(report_work(plan))
     final_value = value if value is not None else plan.served_rps
-    max_rate = None if temporal or method == "spatial" else _predicted_max_rate(plan, workload, cost_model)
-    return plan.model_copy(update={"solver": record.model_copy(update={"value": final_value}), "predicted_max_rate_scale": max_rate})
+    return plan.model_copy(update={"solver": record.model_copy(update={"value": final_value})})
+
+
+def report_work(plan: Plan) -> float:
+    """planner.budget units of _report: per plan, per placed model (bench/fit_work.py)."""
+    return REPORT_UNITS[0] + REPORT_UNITS[1] * sum(len(u.models) for u in plan.units)
+
+
+def _report(cluster, demands, units, record, cost_label, workload, baseline: bool, cost_model, temporal: bool) -> Plan:
+    """The plan with its predictions, and (unless a baseline) its predicted max rate."""
+    plan = build_plan(cluster, demands, units, record, cost_label, workload.name, temporal=temporal, cost_model=cost_model)
+    max_rate = None if baseline else _predicted_max_rate(plan, workload, cost_model)
+    return plan.model_copy(update={"predicted_max_rate_scale": max_rate})
 
 
 def _predicted_max_rate(plan: Plan, workload: Workload, cost_model) -> float:

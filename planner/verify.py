@@ -8,9 +8,11 @@ second), then headroom; it records its simulated check next to its predictions.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from muxplan.schema import ModelCheck, Plan, SimCheck, Workload
 from planner.budget import Budget, as_budget
-from planner.sim.engine import run_table
+from planner.sim.engine import SimResult, run_table
 from planner.sim.evaluate import policy_for
 from planner.sim.metrics import Summary, summarize
 from planner.sim.trace import build_request_table
@@ -19,14 +21,25 @@ MISS = 0.01
 TARGET = 0.99
 TIGHTEN = 0.85
 MAX_ROUNDS = 3
-SIM_UNITS_PER_REQUEST = 0.058  # planner.budget units a simulated request costs (bench/fit_work.py)
+# planner.budget units of a simulation (bench/fit_work.py): per request replayed, per decode step, per prefill batch
+# (a skewed plan's cold models decode in small batches: many more steps per request)
+SIM_UNITS = (0.0073, 0.0026, 0.0167)
 
 
-def simulated_check(plan: Plan, workload: Workload, cost_model, seed: int = 0, rounds: int = 1, table=None) -> tuple[SimCheck, Summary]:
-    """The plan replayed under the policy its solver meant, at the workload's SLO scale."""
+def sim_work(result: SimResult) -> float:
+    """What a simulation costs in planner.budget units, from what it counted."""
+    return float(np.dot(SIM_UNITS, (len(result.records["request"]), result.num_decode_steps, result.num_prefill_batches)))
+
+
+def simulated_check(plan: Plan, workload: Workload, cost_model, seed: int = 0, rounds: int = 1, table=None,
+                    budget: Budget | None = None) -> tuple[SimCheck, Summary]:
+    """The plan replayed under the policy its solver meant, at the workload's SLO scale; its work charged to ``budget``."""
     table = build_request_table(workload) if table is None else table
     policy = policy_for(plan.solver.method, plan)
-    summary = summarize(run_table(plan, workload, table, cost_model, policy, seed=seed), workload)
+    result = run_table(plan, workload, table, cost_model, policy, seed=seed)
+    if budget is not None:
+        budget.charge(sim_work(result))
+    summary = summarize(result, workload)
     predicted: dict[str, list[float]] = {}
     for u in plan.units:
         for m in u.models:
@@ -74,8 +87,7 @@ def solve_verified(solve, workload: Workload, cost_model, budget: Budget | float
         share = 0.8 if rounds == 0 else 0.85
         plan = solve(budget.share(share) if budget.left_s * share >= 1.0 else Budget(1.0, budget), dict(corrections))
         rounds += 1
-        check, _ = simulated_check(plan, workload, cost_model, seed, rounds, table)
-        budget.charge(SIM_UNITS_PER_REQUEST * table.num_requests)
+        check, _ = simulated_check(plan, workload, cost_model, seed, rounds, table, budget)
         plan = plan.model_copy(update={"check": check})
         key = (round(check.simulated_goodput_rps, 6), plan.solver.headroom or 0.0)
         if best is None or key > best_key:
