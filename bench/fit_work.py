@@ -8,7 +8,7 @@ fits, by non-negative least squares, the coefficients that turn counts into mill
   row bounded, search call / row searched;
 - LPs (planner.master_lp.LP_UNITS): per solve, per nonzero;
 - integer masters and MILP pricing (planner.master.MIP_UNITS): per solve, nonzero, simplex iteration x thousand
-  nonzeros, node;
+  nonzeros, node, thousand simplex iterations;
 - greedy (planner.greedy.UNIT_WORK): per unit evaluated;
 - the closed loop's simulation (planner.verify.SIM_UNITS): per request replayed, decode step, prefill batch;
 - a plan's report (planner.solve.REPORT_UNITS: its predictions and predicted max rate): per plan, per placed model.
@@ -43,7 +43,8 @@ from planner.tables import demands_from_workload
 from profiler.cost_model import load_cost_model
 
 ROOT = Path(__file__).resolve().parents[1]
-INSTANCES = [("shuffled", 0.9, 1.0), ("shuffled", 0.7, 0.75), ("size", 0.7, 1.25), ("size", 1.3, 0.5), ("shuffled", 1.7, 1.0), ("size", 2.1, 1.25)]
+INSTANCES = [("shuffled", 0.9, 1.0), ("shuffled", 0.7, 0.75), ("size", 0.7, 1.25), ("size", 1.3, 0.5), ("shuffled", 1.7, 1.0), ("size", 2.1, 1.25),
+             ("shuffled", 1.7, 1.25), ("shuffled", 1.3, 0.5), ("size", 0.9, 0.5)]
 
 
 class Recorder:
@@ -79,7 +80,7 @@ def install(rec: Recorder) -> None:
     mip_work = master.mip_work
 
     def recorded_mip_work(nnz, nodes, iterations):
-        rec.mip.append([1, nnz, max(0, iterations) * max(1, nnz) / 1000, max(0, nodes)])
+        rec.mip.append([1, nnz, max(0, iterations) * max(1, nnz) / 1000, max(0, nodes), max(0, iterations) / 1000])
         return mip_work(nnz, nodes, iterations)
     master.mip_work = recorded_mip_work
     for module, name in ((master, "_solve_highs"), (exact, "_price")):
@@ -140,7 +141,8 @@ def main() -> None:
         counted = sum(float(np.dot(f, current[name])) for f, _ in rows)
         measured = sum(ms for _, ms in rows)
         out["fits"][name] = {"calls": len(rows), "fitted": coef.tolist(), "in_code": current[name].tolist(), "rel_abs_err": err,
-                             "measured_ms": measured, "counted_units_in_code": counted}
+                             "measured_ms": measured, "counted_units_in_code": counted,
+                           "rows": rows if name == "mip" else None}
         print(f"{name}: {len(rows)} calls, {measured:.0f} ms measured, {counted:.0f} units counted by the code's coefficients; "
               f"fitted {np.round(coef, 6).tolist()} (mean abs err {err:.1%}); in code {current[name].tolist()}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,10 @@ with rc*_{t,n} the pricing dual bound (inf for a mesh size not priced that round
 pi gives
     UB = sum_i max(0, w_i - pi_i) r_i + sum_t G_t max_n (R*_{t,n} / n),  R*_{t,n} = max sum pi_i x_i,
 and both are kept; at convergence UB = the LP value (plus the pricing tolerance). When the LP serves all
-demand, columns from the min-GPU LP are added to help the integer master pack whole units.
+demand, columns from the min-GPU LP are added to help the integer master pack whole units. The integer plan's rates
+are then re-optimised within its units (planner.master.polish_rates), and a throughput plan still short of its bound
+goes through a neighbourhood search that re-solves two units' GPUs at a time (planner.neighbourhood); neither touches
+the bound.
 Objectives: throughput (w = 1), weighted (w_i = r_i / sum r), fairness (max min s_i / r_i, then
 throughput at that level), min-gpus (min sum n_c lambda_c with s = r over the generated columns).
 """
@@ -53,7 +56,8 @@ FILL_GAP = 0.015  # see solve_exact: column generation for packing stops once th
 FILL_SHARE = 0.3  # or when this share of the time limit has passed
 QUICK_CHUNKS = 1  # quick pricing rounds rate only the most promising chunk per unit size (planner.colgen)
 TOP = 8  # columns kept per pricing problem: the best unit and the runners-up the search rated anyway
-MASTER_SHARE = 0.9  # of the budget left that the integer master may use (model building and plan output need the rest)
+MASTER_SHARE = 0.5  # of the budget left that the integer master may use: a master at its node limit gains less per unit
+# of work than planner.neighbourhood's search does with the rest (bench/RESULTS.md)
 IMPROVE_GAP = 0.005  # a plan this far below its bound goes through planner.neighbourhood's search
 IMPROVE_SHARE = 0.8  # of the budget left (the goodput objective's headroom stage and the closed loop need the rest)
 WALL_NOTE = " (cut short by the wall-clock safety stop: not reproducible)"

@@ -91,7 +91,7 @@ class UnitConfigurator:
 
 
 MAX_COMBOS_PER_GROUP = 5000
-UNIT_WORK = 0.25  # planner.budget units per unit evaluated (bench/fit_work.py)
+UNIT_WORK = 0.29  # planner.budget units per unit evaluated (bench/fit_work.py)
 
 
 def _group_combos(size: int, count: int):

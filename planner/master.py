@@ -13,8 +13,9 @@ from planner.placement import UnitChoice
 
 SCALE = 1000  # CP-SAT: rates in milli-requests per second
 # planner.budget units of a master solve (bench/fit_work.py): per solve, per nonzero, per simplex iteration and
-# thousand nonzeros, per node; NODE_ITERS simplex iterations a node takes, for the node limit; MIN_NODES always allowed
-MIP_UNITS = (0.0, 0.124, 0.212, 0.0)
+# thousand nonzeros, per node, per thousand simplex iterations; NODE_ITERS simplex iterations a node takes, for the
+# node limit; MIN_NODES always allowed
+MIP_UNITS = (0.0, 0.308, 0.0, 0.0, 121.3)
 NODE_ITERS = 20
 MIN_NODES = 50
 
@@ -96,14 +97,16 @@ def _solve_highs(cols, demands, w, counts, objective, budget, stage_z=None):
 def node_limit(budget, nnz: int) -> int:
     """Branch-and-bound nodes the master may explore within ``budget``: a count, so the same master stops at the same
     node on any machine."""
-    per_node = MIP_UNITS[3] + MIP_UNITS[2] * NODE_ITERS * max(1, nnz) / 1000
+    per_node = MIP_UNITS[3] + MIP_UNITS[2] * NODE_ITERS * max(1, nnz) / 1000 + MIP_UNITS[4] * NODE_ITERS / 1000
     return int(max(MIN_NODES, (budget.left_s * 1000.0 - MIP_UNITS[0] - MIP_UNITS[1] * nnz) / per_node))
 
 
 def mip_work(nnz: int, nodes: int, iterations: int) -> float:
     """planner.budget units of a master solve: per solve, per nonzero, per simplex iteration (per thousand nonzeros),
-    per node."""
-    return MIP_UNITS[0] + MIP_UNITS[1] * nnz + MIP_UNITS[2] * max(0, iterations) * max(1, nnz) / 1000 + MIP_UNITS[3] * max(0, nodes)
+    per node, per thousand simplex iterations."""
+    its = max(0, iterations)
+    return (MIP_UNITS[0] + MIP_UNITS[1] * nnz + MIP_UNITS[2] * its * max(1, nnz) / 1000 + MIP_UNITS[3] * max(0, nodes)
+            + MIP_UNITS[4] * its / 1000)
 
 
 def _solve_cbc(cols, demands, w, counts, objective, budget, stage_z=None):

@@ -6,7 +6,7 @@ Fewest-GPUs LP:  min sum_c n_c lambda_c  s.t.  sum_c a_{c,i} lambda_c >= r_i, su
 """
 from __future__ import annotations
 
-LP_UNITS = (0.94, 0.003)  # planner.budget units of one LP solve: per solve, per nonzero (bench/fit_work.py)
+LP_UNITS = (1.77, 0.0028)  # planner.budget units of one LP solve: per solve, per nonzero (bench/fit_work.py)
 
 
 def lp_work(cols) -> float:

@@ -24,7 +24,8 @@ from muxplan.files import InputError
 from muxplan.schema import Cluster, NodeSpec
 from planner.placement import UnitChoice
 
-SUB_S = 0.15  # work (seconds of planner.budget) one re-solve may spend: bench/RESULTS.md, 0.15 beat 0.3 on the sweep
+SUB_S = 0.2  # work (seconds of planner.budget) one re-solve may spend: less leaves its column generation unconverged,
+# more buys fewer pairs (bench/RESULTS.md)
 TOL = 1e-6
 
 

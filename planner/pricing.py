@@ -49,7 +49,7 @@ LARGEST_CAP = {1: 90, 2: 90, 3: 50, 4: 30}
 # The search's work in planner.budget units (~ms of the reference core), from what it counts: per call; per
 # member-set row built; per bound call and row (relaxation + LP duality over pairs); per level-bound call and row;
 # per rating call, per row bounded and per row searched. Fitted by bench/fit_work.py.
-WORK_UNITS = np.array([1.44, 0.0046, 0.055, 0.0, 0.41, 0.04, 0.0, 0.0044, 3.7, 0.0053])
+WORK_UNITS = np.array([0.69, 0.0032, 0.27, 0.00064, 0.27, 0.047, 0.0, 0.0045, 4.42, 0.0052])
 CALL, SET_ROW, BOUND_CALL, BOUND_ROW, LEVEL_CALL, LEVEL_ROW, RATE_CALL, RATE_ROW, SEARCH_CALL, SEARCH_ROW = range(10)
 
 

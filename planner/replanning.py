@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from muxplan.catalog import get_gpu
 from muxplan.files import InputError
 from muxplan.schema import Plan, SolverRecord, Workload
-from planner.budget import Budget
+from planner.budget import Budget, for_limit
 from planner.migration import Migration, locations, migration, place_new_units
 from planner.placement import UnitChoice, build_plan, inputs_digest
 from planner.replan import Config, balance, candidate_options, enumerate_configs, location_space, solve_budgeted
@@ -74,7 +74,7 @@ def replan(current: Plan, workload: Workload, cost_model, cost_label: str = "", 
         raise InputError("--max-moves/--max-restarts: must be >= 0")
     restarts = max_moves if max_restarts is None else max_restarts  # each move may stop one running process
     start = time.perf_counter()
-    budget = Budget(time_limit_s)
+    budget = for_limit(time_limit_s)
     cluster = current.cluster
     demands = demands_from_workload(workload)
     unknown = sorted({m.name for u in current.units for m in u.models} - {d.name for d in demands})

@@ -5,7 +5,7 @@ import time
 
 from muxplan.files import InputError
 from muxplan.schema import Cluster, Considered, Plan, SolverRecord, Workload
-from planner.budget import Budget
+from planner.budget import Budget, for_limit
 from planner.exact import WALL_NOTE, ExactSolution
 from planner.placement import build_plan, inputs_digest
 from planner.tables import demands_from_workload
@@ -15,7 +15,7 @@ SOLVERS = ("exact", "greedy", "spatial", "temporal")
 OBJECTIVES = ("goodput", "headroom", "min-gpus", "throughput", "weighted", "fairness")
 ALL_SERVED = 1 - 1e-6  # share of the demand above which a plan counts as serving all of it
 MAX_RATE_STEPS = 2  # bisections of the considered table's simulated max-rate search (each ~10 s on the demo's 240 s)
-REPORT_UNITS = (311.0, 0.0)  # planner.budget units of building a plan's report: per plan, per placed model (bench/fit_work.py)
+REPORT_UNITS = (311.0, 1.56)  # planner.budget units of building a plan's report: per plan, per placed model (bench/fit_work.py)
 HEADROOM_TRY = 0.95  # goodput tries the headroom plan only when the served-rate plan serves at least this share
 
 
@@ -38,7 +38,7 @@ def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, co
         raise InputError("cluster: no GPUs")
     demands = [_corrected(d, (corrections or {}).get(d.name, 1.0)) for d in demands_from_workload(workload)]
     start = time.perf_counter()
-    budget = budget if budget is not None else Budget(time_limit_s)
+    budget = budget if budget is not None else for_limit(time_limit_s)
     value = bound = gap = None
     status = "heuristic"
     headroom = None
@@ -144,7 +144,7 @@ def solve_and_compare(chosen: str, workload: Workload, cluster: Cluster, cost_mo
 
     demands = demands_from_workload(workload)
     start = time.perf_counter()
-    exact_budget = Budget(time_limit_s)  # the greedy warm start counts against exact's budget
+    exact_budget = for_limit(time_limit_s)  # the greedy warm start counts against exact's budget
     greedy_units = place_greedy(demands, cluster, cost_model, exact_budget.share(1 / 3)) if chosen == "greedy" or compare else None
     greedy_s = time.perf_counter() - start
     methods = SOLVERS if compare else (chosen,)

@@ -23,7 +23,7 @@ TIGHTEN = 0.85
 MAX_ROUNDS = 3
 # planner.budget units of a simulation (bench/fit_work.py): per request replayed, per decode step, per prefill batch
 # (a skewed plan's cold models decode in small batches: many more steps per request)
-SIM_UNITS = (0.0073, 0.0026, 0.0167)
+SIM_UNITS = (0.0265, 0.003, 0.0)
 
 
 def sim_work(result: SimResult) -> float:
