@@ -10,7 +10,7 @@ import planner.budget as budget_mod
 from bench.paper_plans import PAPER_COUNTS
 from muxplan.cluster import load_cluster
 from muxplan.workload import synthesize
-from planner.budget import WORK_PER_S, Budget, as_budget
+from planner.budget import LIMIT_SHARE, SAFETY, WORK_PER_S, Budget, as_budget, for_limit
 from planner.exact import WALL_NOTE
 from planner.solve import run_solver
 from profiler.cost_model import load_cost_model
@@ -33,6 +33,43 @@ def test_charges_reach_every_parent_and_shares_are_of_what_is_left():
     assert grandchild.exhausted() and not child.exhausted() and not root.exhausted()
     assert grandchild.wall_deadline == root.wall_deadline  # one safety stop for the whole solve
     assert as_budget(root) is root and as_budget(3).total_units == 3000.0
+
+
+def test_a_time_limit_spends_its_share_as_work_and_keeps_the_whole_limit_for_the_safety_stop():
+    t = time.perf_counter()
+    b = for_limit(10.0)
+    assert LIMIT_SHARE == 0.9 and b.total_units == 9000.0 and b.left_s == pytest.approx(9.0)
+    assert t + SAFETY * 10.0 <= b.wall_deadline <= time.perf_counter() + SAFETY * 10.0
+
+
+def test_a_simulation_is_charged_by_what_it_replayed():
+    import numpy as np
+
+    import planner.verify as verify
+    from muxplan.workload import parse_model_counts
+    from planner.sim.trace import build_request_table
+
+    wl = synthesize(parse_model_counts("llama-7b:2"), 1.0, 2.0, duration_s=20, seed=1)
+    plan = run_solver("greedy", wl, load_cluster("1x1xA100-80GB"), CM, time_limit_s=1)
+    table = build_request_table(wl)
+    result = verify.run_table(plan, wl, table, CM, verify.policy_for(plan.solver.method, plan))
+    counts = (table.num_requests, result.num_decode_steps, result.num_prefill_batches)
+    assert counts[0] == len(wl.requests) and counts[1] > counts[0] > 0  # each request decodes over many steps
+    assert verify.sim_work(result) == pytest.approx(float(np.dot(verify.SIM_UNITS, counts)))
+    b = Budget(10.0)
+    verify.simulated_check(plan, wl, CM, table=table, budget=b)
+    assert b.used_units == pytest.approx(verify.sim_work(result))  # the same replay: the same charge
+
+
+def test_a_plans_report_is_charged_per_plan_and_placed_model():
+    from muxplan.workload import parse_model_counts
+    from planner.solve import REPORT_UNITS, report_work
+
+    wl = synthesize(parse_model_counts("llama-7b:3"), 1.0, 2.0, duration_s=20, seed=1)
+    b = Budget(10.0)
+    plan = run_solver("spatial", wl, load_cluster("1x4xA100-80GB"), CM, budget=b)  # spatial itself counts nothing
+    assert sum(len(u.models) for u in plan.units) == 3
+    assert b.used_units == pytest.approx(report_work(plan)) == pytest.approx(REPORT_UNITS[0] + 3 * REPORT_UNITS[1])
 
 
 def test_the_wall_clock_safety_stop_is_recorded_up_the_tree(monkeypatch):
