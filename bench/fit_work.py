@@ -142,7 +142,7 @@ def main() -> None:
         measured = sum(ms for _, ms in rows)
         out["fits"][name] = {"calls": len(rows), "fitted": coef.tolist(), "in_code": current[name].tolist(), "rel_abs_err": err,
                              "measured_ms": measured, "counted_units_in_code": counted,
-                           "rows": rows if name == "mip" else None}
+                             "rows": rows if name == "mip" else None}  # the MIP's rows: its per-call error is the largest
         print(f"{name}: {len(rows)} calls, {measured:.0f} ms measured, {counted:.0f} units counted by the code's coefficients; "
               f"fitted {np.round(coef, 6).tolist()} (mean abs err {err:.1%}); in code {current[name].tolist()}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from planner.budget import as_budget
 from planner.colgen import column_generation
 from planner.exact import MASTER_SHARE, TOL, WALL_NOTE, ExactSolution, _pricing_round, _single_columns, cluster_gpus
 from planner.master_lp import headroom_lp
-from planner.placement import UnitChoice
+from planner.placement import UnitChoice, served_per_model
 from planner.tables import Demand, model_options
 from profiler.memory import usable_bytes
 
@@ -51,10 +51,7 @@ def scale_bound(demands: list[Demand], gpus, counts, cost_model) -> float:
 def route_demand(units: list[UnitChoice], demands: list[Demand]) -> list[UnitChoice]:
     """The same units routing each model's demand (or all they can serve, when less), split in proportion to the
     replicas' rates."""
-    placed = [0.0] * len(demands)
-    for u in units:
-        for i, _, r in u.members:
-            placed[i] += r
+    placed = served_per_model(units, len(demands))
     out = []
     for u in units:
         members = tuple((i, o, r * min(1.0, demands[i].rate_rps / placed[i])) for i, o, r in u.members if placed[i] > 0)

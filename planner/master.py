@@ -9,7 +9,7 @@ sum n_c lambda_c with s_i = r_i (min-gpus). CP-SAT works on rates in milli-req/s
 from __future__ import annotations
 
 from muxplan.files import InputError
-from planner.placement import UnitChoice
+from planner.placement import UnitChoice, served_per_model
 
 SCALE = 1000  # CP-SAT: rates in milli-requests per second
 # planner.budget units of a master solve (bench/fit_work.py): per solve, per nonzero, per simplex iteration and
@@ -266,10 +266,7 @@ def polish_rates(units: list[UnitChoice], demands, w) -> tuple[list[UnitChoice],
     for i in range(m):
         rows.append(i), cols.append(num_x + i), vals.append(1.0)
     a_ub = coo_matrix((vals, (rows, cols)), shape=(row, num_x + m)).tocsr()
-    current = [0.0] * m
-    for u in units:
-        for i, _, r in u.members:
-            current[i] += r
+    current = served_per_model(units, m)
     res = linprog([0.0] * num_x + [-wi for wi in w], A_ub=a_ub, b_ub=[0.0] * m + b,
                   bounds=[(0, None)] * num_x + [(0, d.rate_rps) for d in demands], method="highs")
     before = sum(wi * min(c, d.rate_rps) for wi, c, d in zip(w, current, demands))

@@ -22,19 +22,11 @@ from dataclasses import replace
 
 from muxplan.files import InputError
 from muxplan.schema import Cluster, NodeSpec
-from planner.placement import UnitChoice
+from planner.placement import UnitChoice, served_per_model
 
 SUB_S = 0.2  # work (seconds of planner.budget) one re-solve may spend: less leaves its column generation unconverged,
 # more buys fewer pairs (bench/RESULTS.md)
 TOL = 1e-6
-
-
-def served_per_model(units: list[UnitChoice], num_models: int) -> list[float]:
-    served = [0.0] * num_models
-    for u in units:
-        for i, _, r in u.members:
-            served[i] += r
-    return served
 
 
 def plan_value(units: list[UnitChoice], demands) -> float:

@@ -36,6 +36,15 @@ class UnitChoice:
         object.__setattr__(self, "members", tuple(Member(*m) for m in self.members))
 
 
+def served_per_model(units: list[UnitChoice], num_models: int) -> list[float]:
+    """Per model, the rates its replicas in ``units`` serve, summed."""
+    served = [0.0] * num_models
+    for u in units:
+        for i, _, r in u.members:
+            served[i] += r
+    return served
+
+
 @lru_cache(maxsize=None)
 def partitions(node_size: int, largest: int | None = None) -> tuple[tuple[int, ...], ...]:
     """Ways to cut a node into power-of-two meshes, sizes descending (8 GPUs: 10 ways)."""

@@ -68,7 +68,7 @@ def run_solver(method: str, workload: Workload, cluster: Cluster, cost_model, co
                           seed=seed, time_limit_s=time_limit_s, inputs_digest=inputs_digest(workload, cluster, cost_label),
                           headroom=headroom)
     temporal = method == "temporal" or (method == "exact" and time_sliced)
-    plan = _report(cluster, demands, units, record, cost_label, workload, temporal or method == "spatial", cost_model, temporal)
+    plan = _report(cluster, demands, units, record, cost_label, workload, cost_model, temporal)
     budget.charge(report_work(plan))
     final_value = value if value is not None else plan.served_rps
     return plan.model_copy(update={"solver": record.model_copy(update={"value": final_value})})
@@ -79,10 +79,10 @@ def report_work(plan: Plan) -> float:
     return REPORT_UNITS[0] + REPORT_UNITS[1] * sum(len(u.models) for u in plan.units)
 
 
-def _report(cluster, demands, units, record, cost_label, workload, baseline: bool, cost_model, temporal: bool) -> Plan:
-    """The plan with its predictions, and (unless a baseline) its predicted max rate."""
+def _report(cluster, demands, units, record, cost_label, workload, cost_model, temporal: bool) -> Plan:
+    """The plan with its predictions, and (unless time-sliced or spatial) its predicted max rate."""
     plan = build_plan(cluster, demands, units, record, cost_label, workload.name, temporal=temporal, cost_model=cost_model)
-    max_rate = None if baseline else _predicted_max_rate(plan, workload, cost_model)
+    max_rate = None if temporal or record.method == "spatial" else _predicted_max_rate(plan, workload, cost_model)
     return plan.model_copy(update={"predicted_max_rate_scale": max_rate})
 
 

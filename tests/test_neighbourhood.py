@@ -4,8 +4,8 @@ from muxplan.catalog import get_model
 from muxplan.cluster import load_cluster
 from planner.budget import Budget
 from planner.exact import cluster_gpus
-from planner.neighbourhood import freed_cluster, improve, pairs, plan_value, served_per_model
-from planner.placement import UnitChoice
+from planner.neighbourhood import freed_cluster, improve, pairs, plan_value
+from planner.placement import UnitChoice, served_per_model
 from planner.tables import Demand, Option
 from profiler.cost_model import load_cost_model
 
